@@ -1,0 +1,1 @@
+"""Tokenizers and languages (synthetic with exact truth, or text)."""

@@ -1,0 +1,198 @@
+"""GINC-style concepts: documents from a mixture of HMMs (Xie, Raghunathan, Liang & Ma 2022).
+
+A document is BOS ``^``, then ``n_examples`` examples, each ``example_len``
+letters followed by SEP ``;``, then EOS ``$``. Every example of a document comes
+from the same latent concept (uniform over the ``n_concepts`` concepts) and
+starts afresh from that concept's initial state distribution, so examples are
+independent given the concept and the Bayes posterior over the concept sharpens
+with every example. Each concept is an HMM with ``n_states`` hidden states over
+the shared letters, with its own sparse initial distribution (one dominant
+state), sparse transitions (each state moves on to one or two states, one of
+them dominant, along a random cycle) and sparse emissions (each state emits two
+or three letters, its own dominant one with probability ``p_letter``).
+
+Defaults: ``SEED`` = 2022, K = 8 concepts, H = 3 hidden states, 12 letters
+``a``..``l``, L = 5 letters per example, N_EX = 10 examples, so
+``max_len`` = 1 + 10 * 6 + 1 = 62 tokens. Measured with the exact truth
+(``scripts/tune_concepts.py``): the entropy of the next example is 4.96 nats
+with no in-context example and 2.52 nats on average after 6 examples (ratio
+1.97); the truth's cross-entropy on sampled documents is 0.446 nats/token
+(mean over all tokens after BOS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import string
+from typing import TYPE_CHECKING, ClassVar
+
+import jax
+import numpy as np
+
+from pathprob.data.base import ANY_PATH, categorical, numpy_rng, unknown_path_set
+from pathprob.data.tokenizer import Tokenizer
+from pathprob.errors import PathprobError
+
+if TYPE_CHECKING:
+    from pathprob.models.truth import ConceptsTruth
+
+SEED = 2022
+
+
+@dataclasses.dataclass(frozen=True)
+class HMMs:
+    """One HMM per concept (K concepts, H hidden states, A letters), probabilities in float64."""
+
+    init_KH: np.ndarray
+    trans_KHH: np.ndarray  # trans_KHH[k, h, h2] = P(next state h2 | state h, concept k)
+    emit_KHA: np.ndarray  # emit_KHA[k, h, a] = P(letter a | state h, concept k)
+
+
+def make_hmms(seed: int, n_concepts: int, n_states: int, n_letters: int, *, family_size: int, p_letter: float,
+              p_next: float, p_init: float) -> HMMs:
+    """Sparse, peaked HMMs for every concept, determined by ``seed``.
+
+    Concepts ``k`` with the same ``k // family_size`` form a family: they share
+    their dominant structure (main initial state, main successors along a cycle,
+    dominant letters) and differ in their secondary letters and successors.
+    ``p_letter``: emission probability of a state's own letter; ``p_next``:
+    probability of a state's main successor when it has two; ``p_init``:
+    probability of a concept's main initial state.
+    """
+    rng = np.random.default_rng(seed)
+    K, H, A = n_concepts, n_states, n_letters
+    init, trans, emit = np.zeros((K, H)), np.zeros((K, H, H)), np.zeros((K, H, A))
+    for k in range(K):
+        if k % family_size == 0:
+            main_init, cycle, dominant_letters = rng.integers(H), rng.permutation(H), rng.choice(A, H, replace=False)
+        init[k] = (1 - p_init) / max(H - 1, 1)
+        init[k, main_init] = p_init if H > 1 else 1.0
+        for i, h in enumerate(cycle):
+            main_next = cycle[(i + 1) % H]
+            others = [s for s in range(H) if s != main_next]
+            if rng.random() < 0.5 and others:
+                trans[k, h, main_next] = p_next
+                trans[k, h, rng.choice(others)] = 1 - p_next
+            else:
+                trans[k, h, main_next] = 1.0
+            letter = dominant_letters[h]
+            extra = rng.choice([a for a in range(A) if a != letter], rng.integers(1, 3), replace=False)
+            emit[k, h, letter] = p_letter
+            emit[k, h, extra] = (1 - p_letter) * rng.dirichlet(np.ones(len(extra)))
+    return HMMs(init_KH=init, trans_KHH=trans, emit_KHA=emit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Concepts:
+    """The concepts language (see the module docstring); ``name`` is ``"concepts"``."""
+
+    n_concepts: int = 8
+    n_states: int = 3
+    n_letters: int = 12
+    example_len: int = 5
+    n_examples: int = 10
+    family_size: int = 2
+    p_letter: float = 0.9
+    p_next: float = 0.9
+    p_init: float = 0.9
+    seed: int = SEED
+    name: str = "concepts"
+    path_set_names: ClassVar[tuple[str, ...]] = ("any", "repeat", "seen")
+
+    def __post_init__(self):
+        for field in ("n_concepts", "n_states", "n_letters", "example_len", "n_examples", "family_size"):
+            if getattr(self, field) < 1:
+                raise PathprobError(f"Concepts.{field} must be positive, got {getattr(self, field)}")
+        for field in ("p_letter", "p_next", "p_init"):
+            if not 0 < getattr(self, field) <= 1:
+                raise PathprobError(f"Concepts.{field} must be in (0, 1], got {getattr(self, field)}")
+        if self.n_letters > 26 or self.n_states > self.n_letters:
+            raise PathprobError(f"Concepts.n_letters must be in [n_states, 26], got {self.n_letters}")
+
+    @property
+    def letters(self) -> str:
+        return string.ascii_lowercase[: self.n_letters]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer(tokens=(*self.letters, ";", "^", "$"), eos="$", bos="^", sep=";")
+
+    @property
+    def max_len(self) -> int:
+        return 1 + self.n_examples * (self.example_len + 1) + 1
+
+    @functools.cached_property
+    def hmms(self) -> HMMs:
+        return make_hmms(self.seed, self.n_concepts, self.n_states, self.n_letters,
+                         family_size=self.family_size, p_letter=self.p_letter,
+                         p_next=self.p_next, p_init=self.p_init)
+
+    def sample_concepts(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Concepts int64[n] and documents int32[n, max_len] (no padding: all have max_len tokens)."""
+        K, H, A = self.n_concepts, self.n_states, self.n_letters
+        hmms, tok = self.hmms, self.tokenizer
+        concept_N = rng.integers(K, size=n)
+        concept_M = np.repeat(concept_N, self.n_examples)  # M = n * n_examples examples
+        state_M = categorical(rng, hmms.init_KH, concept_M)
+        letters_ML = np.empty((concept_M.shape[0], self.example_len), np.int32)
+        for t in range(self.example_len):
+            row_M = concept_M * H + state_M
+            letters_ML[:, t] = categorical(rng, hmms.emit_KHA.reshape(K * H, A), row_M)
+            state_M = categorical(rng, hmms.trans_KHH.reshape(K * H, H), row_M)
+        examples = np.concatenate([letters_ML, np.full((concept_M.shape[0], 1), tok.sep_id, np.int32)], axis=1)
+        body = examples.reshape(n, -1)
+        docs = np.concatenate(
+            [np.full((n, 1), tok.bos_id, np.int32), body, np.full((n, 1), tok.eos_id, np.int32)], axis=1
+        )
+        return concept_N, docs
+
+    def sample(self, key: jax.Array, n: int) -> np.ndarray:
+        """int32[n, max_len]: n documents, deterministic in ``key``."""
+        return self.sample_concepts(numpy_rng(key), n)[1]
+
+    def truth(self) -> ConceptsTruth:
+        """The exact mixture of HMMs (forward algorithm over concept x hidden state)."""
+        from pathprob.models.truth import ConceptsTruth  # models sit above data
+
+        return ConceptsTruth.from_hmms(self.hmms, self.tokenizer, self.example_len, self.n_examples)
+
+    def prompts(self, n_examples: int = 2, n: int = 4, seed: int = 0) -> list[str]:
+        """``n`` prompts: BOS and the first ``n_examples`` examples (with their SEPs) of sampled documents.
+
+        For one ``seed`` the prompts with fewer examples are prefixes of those with more.
+        """
+        if not 0 <= n_examples < self.n_examples:
+            raise PathprobError(f"n_examples must be in [0, {self.n_examples - 1}] for concepts, got {n_examples}")
+        docs = self.sample_concepts(np.random.default_rng(seed), n)[1]
+        cut = 1 + n_examples * (self.example_len + 1)
+        return [self.tokenizer.decode(doc[:cut]) for doc in docs]
+
+    def path_set(self, name: str, prompt: str) -> str:
+        """Regex over the continuation of ``prompt``.
+
+        ``any``: every continuation; ``repeat``: the next example repeats the
+        prompt's last example; ``seen``: the next example equals one of the
+        prompt's examples. The last two need a prompt made of complete examples.
+        """
+        if name == "any":
+            return ANY_PATH
+        if name not in self.path_set_names:
+            raise unknown_path_set(self.name, name, self.path_set_names)
+        examples = self._examples(prompt)
+        if not examples:
+            raise PathprobError(f"path set {name!r} needs a prompt with at least one complete example")
+        chosen = examples[-1:] if name == "repeat" else sorted(set(examples))
+        return "(?:" + "|".join(re.escape(e) for e in chosen) + ").*"
+
+    def _examples(self, prompt: str) -> list[str]:
+        """The complete examples of a prompt that ends where the next example begins."""
+        body = prompt.removeprefix("^")
+        pattern = f"(?:[{self.letters}]{{{self.example_len}}};){{0,{self.n_examples - 1}}}"
+        if not prompt.startswith("^") or re.fullmatch(pattern, body) is None:
+            raise PathprobError(
+                f"the prompt {prompt!r} is not BOS followed by complete examples "
+                f"({self.example_len} letters of {self.letters!r} and ';' each)"
+            )
+        return body.split(";")[:-1]

@@ -1,0 +1,24 @@
+"""The languages by name: ``concepts``, ``arith`` and ``text:PATH``."""
+
+from __future__ import annotations
+
+from pathprob.data.arith import Arith
+from pathprob.data.base import Language
+from pathprob.data.concepts import Concepts
+from pathprob.data.text import Text, TextFileError
+from pathprob.errors import UnknownSpecError
+
+LANGUAGE_NAMES = ("concepts", "arith", "text:PATH")
+
+__all__ = ["LANGUAGE_NAMES", "Arith", "Concepts", "Language", "Text", "TextFileError", "get_language"]
+
+
+def get_language(name: str) -> Concepts | Arith | Text:
+    """The language called ``name`` with its default parameters."""
+    if name == "concepts":
+        return Concepts()
+    if name == "arith":
+        return Arith()
+    if name.startswith("text:") and len(name) > len("text:"):
+        return Text(name.removeprefix("text:"))
+    raise UnknownSpecError(f"unknown language {name!r}; valid names: {', '.join(LANGUAGE_NAMES)}")

@@ -1,0 +1,1 @@
+"""Language models behind one protocol: the Transformer and the exact truths."""

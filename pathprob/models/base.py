@@ -1,0 +1,101 @@
+"""The LanguageModel protocol every path algorithm is written against.
+
+A model is a *pytree*: its arrays (parameters, HMM tables) are leaves and its
+static description (config, tokenizer) is auxiliary data. Engines therefore pass
+the model itself as an argument of their jitted steps, which compile once per
+model configuration and never bake parameters into the program as constants.
+
+Protocol (all pure and jit-friendly; B = paths, P = prompt length, V = vocab):
+
+- ``start(prompt_P, capacity) -> State`` consumes the prompt once and returns a
+  state for a batch of one path; ``capacity`` (static) is the most tokens any
+  path will be extended by.
+- ``next_logprobs(state) -> float32[B, V]`` normalised log-probabilities of the
+  next token (``-inf`` for impossible tokens).
+- ``advance(state, tokens_B) -> State`` extends every path by one token.
+
+``State.shared`` holds what all paths have in common (the prompt's KV cache),
+``State.paths`` the per-path part, every leaf with a leading B axis, so engines
+repeat, gather and shard paths with ``jax.tree.map`` over ``State.paths`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pathprob.data.tokenizer import Tokenizer
+from pathprob.errors import BadPromptError
+
+
+@flax.struct.dataclass
+class State:
+    """A batch of paths: ``shared`` is common to all, ``paths`` has a leading B axis."""
+
+    shared: Any
+    paths: Any
+
+    @property
+    def batch_size(self) -> int:
+        return jax.tree.leaves(self.paths)[0].shape[0]
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    tokenizer: Tokenizer
+    max_len: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    def start(self, prompt_P: jax.Array, capacity: int) -> State: ...
+
+    def next_logprobs(self, state: State) -> jax.Array: ...
+
+    def advance(self, state: State, tokens_B: jax.Array) -> State: ...
+
+
+def take_paths(state: State, index_B: jax.Array) -> State:
+    """The paths ``index_B`` of ``state`` (gather or repeat; the shared part is untouched)."""
+    return state.replace(paths=jax.tree.map(lambda leaf: leaf[index_B], state.paths))
+
+
+def repeat_paths(state: State, n: int) -> State:
+    """``n`` copies of a one-path state."""
+    return take_paths(state, jnp.zeros((n,), jnp.int32))
+
+
+def encode_prompt(lm: LanguageModel, prompt: str | Sequence[int], *, room: int = 0) -> np.ndarray:
+    """The prompt as int32[P] token ids, checked against the model.
+
+    A string is encoded with the model's tokenizer, and the tokenizer's BOS is
+    prepended when the text does not already start with it. A sequence of ids is
+    taken as it is. ``room`` is the number of tokens that must still fit after
+    the prompt within ``lm.max_len``.
+    """
+    tok = lm.tokenizer
+    if isinstance(prompt, str):
+        ids = tok.encode(prompt)
+        if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
+            ids = [tok.bos_id, *ids]
+    else:
+        ids = [int(i) for i in prompt]
+        bad = [i for i in ids if not 0 <= i < lm.vocab_size]
+        if bad:
+            raise BadPromptError(f"prompt token ids {bad[:5]} are outside the vocabulary of size {lm.vocab_size}")
+    if not ids:
+        raise BadPromptError("the prompt is empty and the model has no BOS token to start from")
+    if len(ids) + room > lm.max_len:
+        raise BadPromptError(
+            f"the prompt has {len(ids)} tokens; with {room} new tokens that exceeds the model's "
+            f"context of {lm.max_len} tokens"
+        )
+    return np.asarray(ids, np.int32)

@@ -1,0 +1,214 @@
+"""A decoder-only Transformer (Flax NNX) and its LanguageModel with a shared prompt cache.
+
+Shapes: B paths, T sequence, P prompt, C suffix capacity, D model width, H heads,
+Dh head width, F MLP width, V vocabulary.
+
+The NNX module is used for initialisation and training. Decoding is functional:
+``TransformerLM`` is a pytree holding ``graphdef`` (static) and ``params`` (leaves),
+so engines pass it to their jitted steps as an argument. Attention while decoding
+reads the prompt's KV cache, computed once and stored unbatched in
+``State.shared``, and each path's own suffix cache ``[B, H, C, Dh]`` in
+``State.paths``; both score sets share one softmax, so the result equals full
+causal attention over prompt + suffix without ever copying the prompt per path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pathprob.config import ModelConfig
+from pathprob.data.tokenizer import Tokenizer
+from pathprob.models.base import State
+
+_NEG = -1e30  # finite mask value: a fully masked row still gives a finite softmax
+
+
+def _rope(x_BTHd: jax.Array, pos_BT: jax.Array) -> jax.Array:
+    """Rotary position embedding (rotate-half form) at integer positions."""
+    half = x_BTHd.shape[-1] // 2
+    freq = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = pos_BT[..., None, None].astype(jnp.float32) * freq  # [B, T, 1, half]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    x1, x2 = x_BTHd[..., :half].astype(jnp.float32), x_BTHd[..., half:].astype(jnp.float32)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.astype(x_BTHd.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.cfg = cfg
+        self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+        self.qkv = linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = linear(cfg.d_model, cfg.d_model)
+        self.ln2 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+        self.fc1 = linear(cfg.d_model, cfg.d_ff)
+        self.fc2 = linear(cfg.d_ff, cfg.d_model)
+
+    def qkv_heads(self, x_BTD: jax.Array, pos_BT: jax.Array):
+        """Query, key, value as [B, T, H, Dh] (rope applied to q and k)."""
+        B, T, _ = x_BTD.shape
+        q, k, v = jnp.split(self.qkv(self.ln1(x_BTD)), 3, axis=-1)
+        shape = (B, T, self.cfg.n_heads, self.cfg.head_dim)
+        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+        if self.cfg.positional == "rope":
+            q, k = _rope(q, pos_BT), _rope(k, pos_BT)
+        return q, k, v
+
+    def mlp(self, x_BTD: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(self.ln2(x_BTD))))
+
+    def __call__(self, x_BTD: jax.Array, pos_BT: jax.Array):
+        """Full causal self-attention block; also returns this layer's k, v as [B, H, T, Dh]."""
+        B, T, D = x_BTD.shape
+        q, k, v = self.qkv_heads(x_BTD, pos_BT)
+        scores_BHTT = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / math.sqrt(self.cfg.head_dim)
+        causal_TT = jnp.tril(jnp.ones((T, T), bool))
+        weights = jax.nn.softmax(jnp.where(causal_TT, scores_BHTT, _NEG), axis=-1).astype(v.dtype)
+        attn_BTD = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(B, T, D)
+        x_BTD = x_BTD + self.proj(attn_BTD)
+        x_BTD = x_BTD + self.mlp(x_BTD)
+        return x_BTD, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+class Transformer(nnx.Module):
+    """Decoder-only Transformer; ``__call__`` maps int32[B, T] tokens to float32[B, T, V] logits."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.dtype)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        if cfg.positional == "learned":
+            self.pos_embed = nnx.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.ln_f = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype,
+                                   param_dtype=jnp.float32, rngs=rngs)
+
+    def embed_tokens(self, tokens_BT: jax.Array, pos_BT: jax.Array) -> jax.Array:
+        x = self.embed(tokens_BT)
+        if self.cfg.positional == "learned":
+            x = x + self.pos_embed(pos_BT)
+        return x
+
+    def logits(self, x_BTD: jax.Array) -> jax.Array:
+        """Final norm and unembedding; float32 logits."""
+        h = self.ln_f(x_BTD)
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(h).astype(jnp.float32)
+        return self.head(h).astype(jnp.float32)
+
+    def forward(self, tokens_BT: jax.Array):
+        """Logits float32[B, T, V] and the per-layer k, v caches ([B, H, T, Dh] each)."""
+        B, T = tokens_BT.shape
+        pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+        x = self.embed_tokens(tokens_BT, pos_BT)
+        ks, vs = [], []
+        for block in self.blocks:
+            x, k, v = block(x, pos_BT)
+            ks.append(k)
+            vs.append(v)
+        return self.logits(x), tuple(ks), tuple(vs)
+
+    def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+        return self.forward(tokens_BT)[0]
+
+    def decode(self, tokens_B, pos_B, prompt_k, prompt_v, suffix_k, suffix_v, length_B):
+        """One decoding step for B paths.
+
+        ``prompt_k/v``: per layer [H, P, Dh] (shared). ``suffix_k/v``: per layer
+        [B, H, C, Dh]; the new token's k, v are written at index ``length_B``.
+        Returns float32[B, V] logits and the updated suffix caches.
+        """
+        x_B1D = self.embed_tokens(tokens_B[:, None], pos_B[:, None])
+        C = suffix_k[0].shape[2]
+        visible_BC = jnp.arange(C)[None, :] <= length_B[:, None]
+        write = jax.vmap(lambda cache_HCd, new_Hd, i: jax.lax.dynamic_update_slice_in_dim(
+            cache_HCd, new_Hd[:, None, :], i, axis=1))
+        scale = 1.0 / math.sqrt(self.cfg.head_dim)
+        new_k, new_v = [], []
+        for block, pk, pv, sk, sv in zip(self.blocks, prompt_k, prompt_v, suffix_k, suffix_v):
+            q, k, v = block.qkv_heads(x_B1D, pos_B[:, None])
+            q_BHd = q[:, 0]
+            sk = write(sk, k[:, 0].astype(sk.dtype), length_B)
+            sv = write(sv, v[:, 0].astype(sv.dtype), length_B)
+            s_prompt = jnp.einsum("bhd,hpd->bhp", q_BHd, pk).astype(jnp.float32) * scale
+            s_suffix = jnp.einsum("bhd,bhcd->bhc", q_BHd, sk).astype(jnp.float32) * scale
+            s_suffix = jnp.where(visible_BC[:, None, :], s_suffix, _NEG)
+            w = jax.nn.softmax(jnp.concatenate([s_prompt, s_suffix], axis=-1), axis=-1).astype(pv.dtype)
+            P = pk.shape[1]
+            attn_BHd = jnp.einsum("bhp,hpd->bhd", w[..., :P], pv) + jnp.einsum("bhc,bhcd->bhd", w[..., P:], sv)
+            x_B1D = x_B1D + block.proj(attn_BHd.reshape(x_B1D.shape))
+            x_B1D = x_B1D + block.mlp(x_B1D)
+            new_k.append(sk)
+            new_v.append(sv)
+        return self.logits(x_B1D)[:, 0], tuple(new_k), tuple(new_v)
+
+
+def init_transformer(cfg: ModelConfig, seed: int) -> Transformer:
+    return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+@flax.struct.dataclass
+class TransformerLM:
+    """A trained (or random) Transformer as a LanguageModel pytree."""
+
+    params: nnx.State
+    graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
+    config: ModelConfig = flax.struct.field(pytree_node=False)
+    tokenizer: Tokenizer = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def from_module(cls, model: Transformer, tokenizer: Tokenizer) -> TransformerLM:
+        graphdef, params = nnx.split(model)
+        return cls(params=params, graphdef=graphdef, config=model.cfg, tokenizer=tokenizer)
+
+    @property
+    def module(self) -> Transformer:
+        return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def max_len(self) -> int:
+        return self.config.max_len
+
+    def start(self, prompt_P: jax.Array, capacity: int) -> State:
+        model = self.module
+        logits_1PV, ks, vs = model.forward(jnp.asarray(prompt_P, jnp.int32)[None])
+        cfg = self.config
+        empty = jnp.zeros((1, cfg.n_heads, capacity, cfg.head_dim), jnp.dtype(cfg.dtype))
+        shared = {"k": tuple(k[0] for k in ks), "v": tuple(v[0] for v in vs)}
+        paths = {
+            "k": (empty,) * cfg.n_layers,
+            "v": (empty,) * cfg.n_layers,
+            "length": jnp.zeros((1,), jnp.int32),
+            "logprobs": jax.nn.log_softmax(logits_1PV[:, -1]),
+        }
+        return State(shared=shared, paths=paths)
+
+    def next_logprobs(self, state: State) -> jax.Array:
+        return state.paths["logprobs"]
+
+    def advance(self, state: State, tokens_B: jax.Array) -> State:
+        paths = state.paths
+        prompt_len = state.shared["k"][0].shape[1]
+        logits_BV, ks, vs = self.module.decode(
+            tokens_B.astype(jnp.int32), prompt_len + paths["length"], state.shared["k"], state.shared["v"],
+            paths["k"], paths["v"], paths["length"],
+        )
+        paths = {"k": ks, "v": vs, "length": paths["length"] + 1, "logprobs": jax.nn.log_softmax(logits_BV)}
+        return state.replace(paths=paths)

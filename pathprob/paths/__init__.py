@@ -1,0 +1,1 @@
+"""Path algorithms, written once against the LanguageModel protocol."""

@@ -1,0 +1,59 @@
+"""Device-side batches of path states, in power-of-two shapes, for the exact engines.
+
+A *pool* is the per-path part of a ``State`` with a power-of-two leading axis;
+the shared part (the prompt cache) is stored once. Every jitted function here
+takes the model as an argument and compiles once per (model config, shapes):
+chunk sizes and pool capacities are powers of two, so a run compiles a handful
+of programs however many nodes it visits.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pathprob.models.base import LanguageModel, State, take_paths
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return 1 << (max(n, minimum) - 1).bit_length()
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def start(lm: LanguageModel, prompt_P: jax.Array, capacity: int) -> tuple[State, jax.Array]:
+    state = lm.start(prompt_P, capacity)
+    return state, lm.next_logprobs(state)
+
+
+@jax.jit
+def expand(lm: LanguageModel, pool: State, parent_c: jax.Array, tokens_c: jax.Array) -> tuple[State, jax.Array]:
+    """Children ``(parent_c[i], tokens_c[i])`` of pool paths: their states and next-token log-probs [c, V]."""
+    child = lm.advance(take_paths(pool, parent_c), tokens_c)
+    return child, lm.next_logprobs(child)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def write(pool_paths, chunk_paths, offset: jax.Array):
+    """Write a chunk of per-path states into the pool at ``offset`` (in place: the pool is donated)."""
+    return jax.tree.map(lambda p, c: jax.lax.dynamic_update_slice_in_dim(p, c, offset, axis=0), pool_paths, chunk_paths)
+
+
+def empty_pool(like: State, capacity: int) -> State:
+    """A pool of ``capacity`` paths shaped like ``like``'s per-path part (zeros)."""
+    return like.replace(paths=jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), like.paths))
+
+
+def grow(pool: State, capacity: int) -> State:
+    """The pool with a larger capacity, existing paths kept in their slots."""
+    bigger = empty_pool(pool, capacity)
+    return bigger.replace(paths=write(bigger.paths, pool.paths, jnp.int32(0)))
+
+
+def path_state_bytes(lm: LanguageModel, capacity: int) -> int:
+    """Bytes of one path's per-path state (computed abstractly: nothing runs)."""
+    state, _ = jax.eval_shape(lambda: start(lm, jnp.zeros((1,), jnp.int32), capacity))
+    return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(state.paths)))

@@ -1,0 +1,91 @@
+"""Exact measurements of the path distribution: a set's mass and the path entropy, with proven bounds."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from pathprob.errors import PathprobError
+from pathprob.models.base import LanguageModel
+from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, enumerate_paths
+from pathprob.paths.results import Estimate, PathTable, logsumexp64
+from pathprob.paths.sets import PathSet, as_path_set
+
+EXACT_METHODS = ("exact",)
+
+
+def _check_method(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise PathprobError(f"unknown method {method!r}; choose one of {', '.join(allowed)}")
+
+
+def set_mass_from_table(table: PathTable, pathset: PathSet) -> tuple[float, float]:
+    """Proven bounds on P(set) from an enumeration: (listed mass in the set, + remainder that may be in it)."""
+    inside = pathset.contains(table.tokens, table.texts(), table.tokenizer)
+    log_lower = logsumexp64(table.logp[inside])
+    log_live = table.stats.get("log_remaining_live", table.log_remaining)
+    lower = math.exp(log_lower)
+    return lower, min(lower + math.exp(log_live), 1.0)
+
+
+def mass(
+    lm: LanguageModel,
+    prompt: str | Sequence[int],
+    pathset: PathSet | str,
+    max_new: int,
+    *,
+    method: str = "exact",
+    min_prob: float = 0.0,
+    max_paths: int | None = None,
+    budget: Budget = DEFAULT_BUDGET,
+    **kwargs,
+) -> Estimate:
+    """P(set | prompt) over paths of up to ``max_new`` tokens.
+
+    ``exact``: enumerate with DFA pruning (a prefix that can no longer reach the
+    set is proven outside it and never expanded); ``[lower, upper]`` are proven
+    bounds, equal (``exact=True``) when nothing that could be in the set was pruned.
+    """
+    _check_method(method, EXACT_METHODS)
+    pathset = as_path_set(pathset)
+    t0 = time.perf_counter()
+    table = enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths,
+                            dfa=pathset.dfa(lm.tokenizer), budget=budget, **kwargs)
+    lower, upper = set_mass_from_table(table, pathset)
+    return Estimate(
+        value=0.5 * (lower + upper), lower=lower, upper=upper, method="exact", exact=lower == upper,
+        seconds=time.perf_counter() - t0, details={"nodes": table.stats["nodes"], "listed_paths": len(table)},
+    )
+
+
+def entropy_from_table(table: PathTable) -> tuple[float, float]:
+    """Proven bounds (nats) on the path entropy from an enumeration and its remainder."""
+    listed = float(np.sum(-np.exp(table.logp) * table.logp))
+    lower = listed + table.stats.get("remainder_entropy_lower", 0.0)
+    upper = listed + table.stats.get("remainder_entropy_upper", 0.0)
+    return lower, upper
+
+
+def entropy(
+    lm: LanguageModel,
+    prompt: str | Sequence[int],
+    max_new: int,
+    *,
+    method: str = "exact",
+    min_prob: float = 0.0,
+    max_paths: int | None = None,
+    budget: Budget = DEFAULT_BUDGET,
+    **kwargs,
+) -> Estimate:
+    """Entropy (nats) of the distribution over paths of up to ``max_new`` tokens, with proven bounds."""
+    _check_method(method, EXACT_METHODS)
+    t0 = time.perf_counter()
+    table = enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths, budget=budget, **kwargs)
+    lower, upper = entropy_from_table(table)
+    return Estimate(
+        value=0.5 * (lower + upper), lower=lower, upper=upper, method="exact", exact=lower == upper,
+        seconds=time.perf_counter() - t0, details={"nodes": table.stats["nodes"], "listed_paths": len(table)},
+    )

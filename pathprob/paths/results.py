@@ -1,0 +1,147 @@
+"""Result types: small dataclasses of host numpy arrays with a readable repr and ``to_json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+
+from pathprob.data.tokenizer import Tokenizer
+
+
+def log1mexp(log_x: float) -> float:
+    """log(1 - exp(log_x)) for log_x <= 0, accurate near both ends."""
+    if log_x >= 0.0:
+        return -math.inf
+    return math.log(-math.expm1(log_x)) if log_x > -0.693 else math.log1p(-math.exp(log_x))
+
+
+def logsumexp64(values) -> float:
+    """Host float64 log-sum-exp in a fixed order; -inf for no values."""
+    values = np.asarray(values, np.float64).ravel()
+    if values.size == 0:
+        return -math.inf
+    top = values.max()
+    if not np.isfinite(top):
+        return float(top)
+    return float(top + np.log(np.sum(np.exp(values - top))))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class PathTable:
+    """Listed continuation paths with exact log-probabilities and the certified remainder.
+
+    ``tokens`` int32[N, max_new] padded with -1, ``lengths`` int32[N], ``logp``
+    float64[N] (sorted, most probable first), ``eos`` bool[N]. ``log_covered`` is
+    the log of the listed mass and ``log_remaining`` the log of the mass of every
+    path not listed: exp(log_covered) + exp(log_remaining) = 1 up to rounding.
+    ``stats`` holds the work done (expanded nodes, seconds, ...) and, for
+    ``top_k``, the certificate ``log_best_unexpanded``.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    logp: np.ndarray
+    eos: np.ndarray
+    log_covered: float
+    log_remaining: float
+    tokenizer: Tokenizer
+    max_new: int
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.logp.shape[0])
+
+    @property
+    def probs(self) -> np.ndarray:
+        return np.exp(self.logp)
+
+    @property
+    def remaining(self) -> float:
+        """The unlisted mass, -expm1(log_covered), so small remainders keep their digits.
+
+        Clipped at 0: with nothing pruned the listed mass can exceed 1 by the float32
+        rounding of the per-token log-probabilities (about 1e-7).
+        """
+        return max(0.0, -math.expm1(self.log_covered))
+
+    def texts(self, *, with_eos: bool = False) -> list[str]:
+        """The decoded continuations (EOS dropped unless ``with_eos``)."""
+        eos_id = self.tokenizer.eos_id
+        return [
+            self.tokenizer.decode([t for t in row[:n] if with_eos or t != eos_id])
+            for row, n in zip(self.tokens, self.lengths)
+        ]
+
+    def top(self, n: int) -> PathTable:
+        """The ``n`` most probable listed paths; the rest join the remainder."""
+        kept = slice(0, min(n, len(self)))
+        log_covered = logsumexp64(self.logp[kept])
+        return dataclasses.replace(
+            self, tokens=self.tokens[kept], lengths=self.lengths[kept], logp=self.logp[kept], eos=self.eos[kept],
+            log_covered=log_covered, log_remaining=log1mexp(log_covered) if len(self) > n else self.log_remaining,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "paths": [
+                {"text": text, "tokens": row[:n].tolist(), "logp": float(lp), "p": float(math.exp(lp)), "eos": bool(e)}
+                for text, row, n, lp, e in zip(self.texts(with_eos=True), self.tokens, self.lengths, self.logp, self.eos)
+            ],
+            "log_covered": self.log_covered, "log_remaining": self.log_remaining,
+            "covered": math.exp(self.log_covered), "remaining": self.remaining, "max_new": self.max_new,
+            "stats": self.stats,
+        }
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __repr__(self) -> str:
+        lines = [f"PathTable({len(self)} paths, max_new={self.max_new}, covered={math.exp(self.log_covered):.6g}, "
+                 f"remaining={self.remaining:.3g})"]
+        cumulative = 0.0
+        for text, lp in list(zip(self.texts(with_eos=True), self.logp))[:20]:
+            cumulative += math.exp(lp)
+            lines.append(f"  {math.exp(lp):10.6f}  {cumulative:8.6f}  {text!r}")
+        if len(self) > 20:
+            lines.append(f"  ... {len(self) - 20} more")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A number with its uncertainty.
+
+    ``exact`` is True when ``lower == upper`` is a proof; otherwise
+    ``[lower, upper]`` is a proven bound (exact methods with pruning) or a
+    confidence interval at ``level`` (Monte-Carlo methods; ``n`` samples,
+    ``stderr``, effective sample size ``ess``).
+    """
+
+    value: float
+    lower: float
+    upper: float
+    method: str
+    n: int = 0
+    stderr: float = 0.0
+    ess: float = math.nan
+    exact: bool = False
+    seconds: float = 0.0
+    level: float | None = None  # confidence level of [lower, upper]; None for proven bounds
+    seed: int | None = None
+    details: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __repr__(self) -> str:
+        if self.exact:
+            return f"Estimate({self.value:.10g}, exact, method={self.method!r})"
+        kind = "proven bounds" if self.level is None else f"{100 * self.level:g}% CI"
+        extra = f", n={self.n}, ess={self.ess:.4g}" if self.n else ""
+        return f"Estimate({self.value:.6g} in [{self.lower:.6g}, {self.upper:.6g}] ({kind}), method={self.method!r}{extra})"

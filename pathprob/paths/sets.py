@@ -1,0 +1,196 @@
+"""Sets of paths: regular expressions (as token-level DFAs), predicates, and their combinations.
+
+A path's *text* is its decoded continuation without the EOS token. ``Regex``
+sets are full matches of a Python-syntax pattern with DOTALL semantics. They
+compile once per tokenizer to a token DFA: ``transitions`` int32[S, V],
+``accepting`` bool[S] and ``live`` bool[S] (acceptance still reachable). Two
+extra states make EOS explicit: after EOS a path sits in ``accept_end`` if its
+text matched and in ``dead`` otherwise, so a path of any length is in the set
+iff its final DFA state is accepting. The table is plain data and runs inside
+jit (``transitions[state, token]``) as well as on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable
+
+import interegular
+import numpy as np
+
+from pathprob.data.tokenizer import Tokenizer
+from pathprob.errors import PathprobError
+
+
+class BadPathSetError(PathprobError):
+    """A path set that cannot be built (e.g. an invalid regular expression)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenDFA:
+    """A complete DFA over token ids: every (state, token) has a successor."""
+
+    transitions: np.ndarray  # int32[S, V]
+    accepting: np.ndarray  # bool[S]
+    initial: int
+
+    @functools.cached_property
+    def live(self) -> np.ndarray:
+        """bool[S]: states from which an accepting state is reachable."""
+        live = self.accepting.copy()
+        while True:
+            grown = live | live[self.transitions].any(axis=1)
+            if (grown == live).all():
+                return live
+            live = grown
+
+    @property
+    def n_states(self) -> int:
+        return int(self.transitions.shape[0])
+
+    def final_states(self, tokens_NL: np.ndarray) -> np.ndarray:
+        """int32[N]: the state after each row's tokens (padding -1 leaves the state unchanged)."""
+        state = np.full(tokens_NL.shape[0], self.initial, np.int32)
+        for column in tokens_NL.T:
+            state = np.where(column >= 0, self.transitions[state, np.maximum(column, 0)], state)
+        return state
+
+    def accepts(self, tokens_NL: np.ndarray) -> np.ndarray:
+        return self.accepting[self.final_states(tokens_NL)]
+
+
+class PathSet:
+    """A set of continuation paths. Combine with ``&``, ``|`` and ``~``."""
+
+    def contains(self, tokens_NL: np.ndarray, texts: list[str], tokenizer: Tokenizer) -> np.ndarray:
+        """bool[N]: which of these paths (token rows padded with -1, and their texts) are in the set."""
+        raise NotImplementedError
+
+    def dfa(self, tokenizer: Tokenizer) -> TokenDFA | None:
+        """The set as a token DFA, or None when it has none (a host-side predicate)."""
+        return None
+
+    def __and__(self, other: PathSet) -> PathSet:
+        return Combined("and", (self, other))
+
+    def __or__(self, other: PathSet) -> PathSet:
+        return Combined("or", (self, other))
+
+    def __invert__(self) -> PathSet:
+        return Combined("not", (self,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Regex(PathSet):
+    """Paths whose text fully matches ``pattern`` (Python syntax, DOTALL)."""
+
+    pattern: str
+
+    def __post_init__(self):
+        try:
+            re.compile(self.pattern)
+            self._fsm  # noqa: B018 - validate eagerly so a bad pattern fails where it is written
+        except (re.error, interegular.patterns.InvalidSyntax, NotImplementedError, ValueError) as err:
+            raise BadPathSetError(f"invalid regular expression {self.pattern!r}: {err or type(err).__name__}") from None
+
+    @functools.cached_property
+    def _fsm(self):
+        return interegular.parse_pattern(f"(?s)(?:{self.pattern})").to_fsm()
+
+    def contains(self, tokens_NL, texts, tokenizer):
+        compiled = re.compile(self.pattern, re.DOTALL)
+        return np.array([compiled.fullmatch(t) is not None for t in texts], bool)
+
+    def dfa(self, tokenizer: Tokenizer) -> TokenDFA:
+        return _regex_dfa(self.pattern, tokenizer)
+
+    def __str__(self) -> str:
+        return f"Regex({self.pattern!r})"
+
+
+@functools.lru_cache(maxsize=64)
+def _regex_dfa(pattern: str, tokenizer: Tokenizer) -> TokenDFA:
+    fsm = Regex(pattern)._fsm
+    states = sorted(fsm.states)
+    index = {s: i for i, s in enumerate(states)}
+    dead, accept_end = len(states), len(states) + 1
+    n_states, vocab = len(states) + 2, tokenizer.vocab_size
+    transitions = np.full((n_states, vocab), dead, np.int32)
+    accepting = np.zeros(n_states, bool)
+    accepting[[index[s] for s in fsm.finals]] = True
+    accepting[accept_end] = True
+    eos = tokenizer.eos_id
+    for s in states:
+        for v, text in enumerate(tokenizer.tokens):
+            if v == eos:
+                transitions[index[s], v] = accept_end if s in fsm.finals else dead
+                continue
+            state = s
+            for char in text:
+                state = fsm.map[state].get(fsm.alphabet[char])
+                if state is None:
+                    break
+            transitions[index[s], v] = dead if state is None else index[state]
+    return TokenDFA(transitions=transitions, accepting=accepting, initial=index[fsm.initial])
+
+
+@dataclasses.dataclass(frozen=True)
+class Predicate(PathSet):
+    """Paths whose text satisfies ``fn(text) -> bool`` (host-side; enumerated or sampled paths only)."""
+
+    fn: Callable[[str], bool]
+    name: str = "predicate"
+
+    def contains(self, tokens_NL, texts, tokenizer):
+        return np.array([bool(self.fn(t)) for t in texts], bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Combined(PathSet):
+    """``and`` / ``or`` of two sets, or ``not`` of one; a DFA when every part has one."""
+
+    op: str
+    parts: tuple[PathSet, ...]
+
+    def contains(self, tokens_NL, texts, tokenizer):
+        values = [p.contains(tokens_NL, texts, tokenizer) for p in self.parts]
+        if self.op == "not":
+            return ~values[0]
+        return values[0] & values[1] if self.op == "and" else values[0] | values[1]
+
+    def dfa(self, tokenizer):
+        dfas = [p.dfa(tokenizer) for p in self.parts]
+        if any(d is None for d in dfas):
+            return None
+        if self.op == "not":
+            d = dfas[0]
+            return TokenDFA(transitions=d.transitions, accepting=~d.accepting, initial=d.initial)
+        return _product(*dfas, both=self.op == "and")
+
+
+def _product(a: TokenDFA, b: TokenDFA, *, both: bool) -> TokenDFA:
+    """The product DFA over reachable state pairs (intersection or union)."""
+    pairs = {(a.initial, b.initial): 0}
+    order = [(a.initial, b.initial)]
+    rows = []
+    for sa, sb in order:  # grows while iterating: breadth-first over reachable pairs
+        row = []
+        for ta, tb in zip(a.transitions[sa], b.transitions[sb]):
+            key = (int(ta), int(tb))
+            if key not in pairs:
+                pairs[key] = len(order)
+                order.append(key)
+            row.append(pairs[key])
+        rows.append(row)
+    acc_a = np.array([a.accepting[sa] for sa, _ in order])
+    acc_b = np.array([b.accepting[sb] for _, sb in order])
+    return TokenDFA(
+        transitions=np.array(rows, np.int32), accepting=(acc_a & acc_b) if both else (acc_a | acc_b), initial=0
+    )
+
+
+def as_path_set(value: PathSet | str) -> PathSet:
+    """A PathSet from a PathSet or a regex pattern string."""
+    return value if isinstance(value, PathSet) else Regex(value)

@@ -1,0 +1,160 @@
+"""Benchmark the Transformer: teacher-forced scoring, KV-cache decoding, naive decoding.
+
+Variants run interleaved (a b c a b c ...) in one process and the median over
+rounds is reported, with ratios, because absolute times on shared machines move
+by 20-30% from minute to minute. The float32 matmul peak is measured in the same
+run (best of numpy and jax.jit(jnp.dot) on square matrices).
+
+    python scripts/bench_model.py [--rounds 5] [--batch 1024] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pathprob.config import ModelConfig
+from pathprob.data.tokenizer import Tokenizer
+from pathprob.models.base import repeat_paths
+from pathprob.models.transformer import TransformerLM, init_transformer
+
+VOCAB = 64
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """Best float32 GFLOP/s of numpy and jax.jit(jnp.dot) on n x n matrices."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    dot = jax.jit(jnp.dot)
+    ja = jnp.asarray(a)
+    dot(ja, ja).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter(); a @ a; best = min(best, time.perf_counter() - t)
+        t = time.perf_counter(); dot(ja, ja).block_until_ready(); best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:
+    """Matmul FLOPs of one token's forward pass attending over ``context`` positions."""
+    D, F = cfg.d_model, cfg.d_ff
+    per_layer = 2 * D * 3 * D + 2 * D * D + 2 * 2 * D * F + 2 * 2 * context * D
+    return cfg.n_layers * per_layer + 2 * D * cfg.vocab_size
+
+
+def _sample(logprobs_BV: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverse-CDF sampling: one uniform per row (cheaper than jax.random.categorical on CPU)."""
+    u = jax.random.uniform(key, (logprobs_BV.shape[0], 1))
+    cdf = jnp.cumsum(jnp.exp(logprobs_BV), axis=-1)
+    return jnp.minimum(jnp.sum(cdf < u * cdf[:, -1:], axis=-1), logprobs_BV.shape[1] - 1).astype(jnp.int32)
+
+
+def make_variants(lm: TransformerLM, prompt_P: np.ndarray, batch: int, new: int):
+    model = lm.module
+    P = prompt_P.shape[0]
+
+    @jax.jit
+    def teacher_forced(lm, tokens_BT):
+        return jax.nn.log_softmax(lm.module(tokens_BT))
+
+    @jax.jit
+    def kv_decode(lm, key):
+        state = repeat_paths(lm.start(jnp.asarray(prompt_P), new), batch)
+
+        def step(state, key):
+            tokens = _sample(lm.next_logprobs(state), key)
+            return lm.advance(state, tokens), tokens
+
+        _, tokens_LB = jax.lax.scan(step, state, jax.random.split(key, new))
+        return tokens_LB.T
+
+    @jax.jit
+    def naive_step(lm, tokens_BT, key):
+        logprobs = jax.nn.log_softmax(lm.module(tokens_BT)[:, -1])
+        return jnp.concatenate([tokens_BT, _sample(logprobs, key)[:, None]], axis=1)
+
+    def naive_decode(lm, key):
+        tokens = jnp.broadcast_to(jnp.asarray(prompt_P), (batch, P))
+        for k in jax.random.split(key, new):
+            tokens = naive_step(lm, tokens, k)
+        return tokens[:, P:]
+
+    docs = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (batch, P + new)), jnp.int32)
+    return {
+        "teacher_forced": lambda key: teacher_forced(lm, docs),
+        "kv_cache_decode": lambda key: kv_decode(lm, key),
+        "naive_decode": lambda key: naive_decode(lm, key),
+    }
+
+
+def bench(cfg: ModelConfig, *, batch: int, prompt: int, new: int, rounds: int, peak: float) -> dict:
+    tokenizer = Tokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
+    lm = TransformerLM.from_module(init_transformer(cfg, 0), tokenizer)
+    prompt_P = np.random.default_rng(0).integers(0, VOCAB, prompt).astype(np.int32)
+    variants = make_variants(lm, prompt_P, batch, new)
+    key = jax.random.key(0)
+    for run in variants.values():  # compile
+        jax.block_until_ready(run(key))
+    times = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, run in variants.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run(jax.random.fold_in(key, r)))
+            times[name].append(time.perf_counter() - t)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    T = prompt + new
+    tf_gflops = batch * T * forward_flops_per_token(cfg, T) / med["teacher_forced"] / 1e9
+    return {
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch": batch, "prompt": prompt, "new": new,
+        "tokens_per_s": {
+            "teacher_forced": batch * T / med["teacher_forced"],
+            "kv_cache_decode": batch * new / med["kv_cache_decode"],
+            "naive_decode": batch * new / med["naive_decode"],
+        },
+        "seconds": med,
+        "kv_over_naive": med["naive_decode"] / med["kv_cache_decode"],
+        "teacher_forced_gflops": tf_gflops,
+        "teacher_forced_fraction_of_peak": tf_gflops / peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = [(128, 2, 512), (512, 4, 2048)]
+    if args.quick:
+        args.batch, args.rounds, args.new, sizes = 16, 1, 4, [(32, 1, 64)]
+    peak = matmul_peak(256 if args.quick else 2048)
+    rows = []
+    for d_model, n_layers, d_ff in sizes:
+        cfg = ModelConfig(vocab_size=VOCAB, max_len=args.prompt + args.new, d_model=d_model, n_layers=n_layers,
+                          n_heads=max(d_model // 64, 2), d_ff=d_ff)
+        rows.append(bench(cfg, batch=args.batch, prompt=args.prompt, new=args.new, rounds=args.rounds, peak=peak))
+    if args.json:
+        print(json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2))
+        return
+    print(f"float32 matmul peak (same run): {peak:.1f} GFLOP/s; batch {args.batch}, prompt {args.prompt}, "
+          f"{args.new} new tokens, median of {args.rounds} interleaved rounds")
+    print("| d_model | layers | teacher-forced tok/s | KV-cache decode tok/s | naive decode tok/s "
+          "| KV / naive | teacher-forced GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = r["tokens_per_s"]
+        print(f"| {r['d_model']} | {r['n_layers']} | {t['teacher_forced']:,.0f} | {t['kv_cache_decode']:,.0f} | "
+              f"{t['naive_decode']:,.0f} | {r['kv_over_naive']:.1f}x | {r['teacher_forced_gflops']:.1f} | "
+              f"{100 * r['teacher_forced_fraction_of_peak']:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
