@@ -1,23 +1,32 @@
 """GINC-style concepts: documents from a mixture of HMMs (Xie, Raghunathan, Liang & Ma 2022).
 
 A document is BOS ``^``, then ``n_examples`` examples, each ``example_len``
-letters followed by SEP ``;``, then EOS ``$``. Every example of a document comes
-from the same latent concept (uniform over the ``n_concepts`` concepts) and
-starts afresh from that concept's initial state distribution, so examples are
-independent given the concept and the Bayes posterior over the concept sharpens
-with every example. Each concept is an HMM with ``n_states`` hidden states over
-the shared letters, with its own sparse initial distribution (one dominant
-state), sparse transitions (each state moves on to one or two states, one of
-them dominant, along a random cycle) and sparse emissions (each state emits two
-or three letters, its own dominant one with probability ``p_letter``).
+letters followed by SEP ``;``, then EOS ``$``. All examples of a document come
+from one latent concept (uniform over ``n_concepts``) and each starts afresh from
+that concept's initial state distribution, so examples are independent given the
+concept and the Bayes posterior over the concept sharpens with every example.
+Each concept is an HMM with ``n_states`` hidden states over the shared letters,
+with a sparse initial distribution (one main state with probability ``p_init``),
+sparse transitions (each state moves to its main successor along a cycle, and in
+half the cases to a second state with probability ``1 - p_next``) and sparse
+emissions (each state emits its own letter with probability ``p_letter`` and one
+or two others with the rest). Concepts come in families of ``family_size`` that
+share the main structure (main initial state, cycle, dominant letters) and differ
+in the secondary letters and successors: one example usually tells the family,
+telling the twins apart takes a few more, so narrowing is gradual.
 
-Defaults: ``SEED`` = 2022, K = 8 concepts, H = 3 hidden states, 12 letters
-``a``..``l``, L = 5 letters per example, N_EX = 10 examples, so
-``max_len`` = 1 + 10 * 6 + 1 = 62 tokens. Measured with the exact truth
-(``scripts/tune_concepts.py``): the entropy of the next example is 4.96 nats
-with no in-context example and 2.52 nats on average after 6 examples (ratio
-1.97); the truth's cross-entropy on sampled documents is 0.446 nats/token
-(mean over all tokens after BOS).
+Defaults: ``SEED`` = 2022, K = 8 concepts in 4 families of 2, H = 3 hidden states,
+12 letters ``a``..``l``, L = 5 letters per example, N_EX = 10 examples,
+p_letter = p_next = p_init = 0.9, so ``max_len`` = 1 + 10 * 6 + 1 = 62 tokens.
+
+Measured with the exact truth (``scripts/tune_concepts.py``): the entropy of the
+next example is 4.089 nats after 0 examples and 2.566, 2.486, 2.460, 2.440,
+2.422, 2.418 after 1..6 (mean over ``prompts(6, n=256)``), a 0..6 ratio of 1.69;
+the MAP concept is right for 72% of documents after 1 example, 91% after 3. The
+truth's cross-entropy is 0.434 nats/token (4096 sampled documents, all tokens
+after BOS). A 2-layer, d_model 128 Transformer (the TrainConfig defaults) reached
+0.435 against the truth's 0.431 on the same 2048 documents after 1840 steps,
+about 6 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -47,24 +47,21 @@ def read_text(path: str | Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Text:
-    """The ``text:PATH`` language; the file is read once, when first needed."""
+    """The ``text:PATH`` language; the file is read once, on construction."""
 
     path: str
     max_len: int = 64
+    text: str = dataclasses.field(init=False, repr=False, compare=False)
     path_set_names: ClassVar[tuple[str, ...]] = ("any",)
 
     def __post_init__(self):
         if self.max_len < 2:
             raise PathprobError(f"Text.max_len must be at least 2, got {self.max_len}")
-        self.text  # fail early on a bad file
+        object.__setattr__(self, "text", read_text(self.path))  # a bad file fails here, not at the first sample
 
     @property
     def name(self) -> str:
         return f"text:{self.path}"
-
-    @functools.cached_property
-    def text(self) -> str:
-        return read_text(self.path)
 
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:

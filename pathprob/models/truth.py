@@ -31,7 +31,7 @@ def _log(p: np.ndarray) -> jax.Array:
         return jnp.asarray(np.log(p), jnp.float32)
 
 
-def _normalise(logits: jax.Array, axis=None) -> jax.Array:
+def _normalise(logits: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
     """``logits - logsumexp(logits)``, staying ``-inf`` (not NaN) when everything is ``-inf``."""
     total = jax.nn.logsumexp(logits, axis=axis, keepdims=True)
     return logits - jnp.where(jnp.isfinite(total), total, 0.0)

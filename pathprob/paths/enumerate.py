@@ -200,7 +200,7 @@ def enumerate_paths(
     logp = np.concatenate(listed_logp)
     is_eos = np.concatenate(listed_eos)
     lengths = (tokens >= 0).sum(axis=1).astype(np.int32)
-    order = np.lexsort((*tokens.T[::-1], -logp))  # most probable first; ties by token sequence
+    order = np.argsort(-logp, kind="stable")  # most probable first; ties in the (deterministic) order found
     tokens, logp, is_eos, lengths = tokens[order], logp[order], is_eos[order], lengths[order]
     if max_paths is not None and logp.size > max_paths:
         cut = slice(max_paths, None)
@@ -227,17 +227,19 @@ def _expand_level(lm, pool, parent: np.ndarray, token: np.ndarray, chunk: int):
     n = parent.size
     c = min(chunk, frontier.bucket(n, 8))
     capacity = frontier.bucket(n, c)
-    new_pool, logprobs = None, np.empty((n, lm.vocab_size), np.float64)
+    parent_n = np.zeros(capacity, np.int32)
+    token_n = np.zeros(capacity, np.int32)
+    parent_n[:n], token_n[:n] = parent, token
+    new_pool, pending = None, []
+    # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
-        hi = min(lo + c, n)
-        parent_c = np.zeros(c, np.int32)
-        token_c = np.zeros(c, np.int32)
-        parent_c[: hi - lo], token_c[: hi - lo] = parent[lo:hi], token[lo:hi]
-        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_c), jnp.asarray(token_c))
+        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_n[lo : lo + c]),
+                                             jnp.asarray(token_n[lo : lo + c]))
         if new_pool is None:
             new_pool = frontier.empty_pool(child, capacity)
         new_pool = new_pool.replace(paths=frontier.write(new_pool.paths, child.paths, jnp.int32(lo)))
-        logprobs[lo:hi] = np.asarray(logprobs_cV, np.float64)[: hi - lo]
+        pending.append(logprobs_cV)
+    logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)
     return new_pool, logprobs
 
 
