@@ -85,3 +85,15 @@ def test_bad_inputs(run_dir, tmp_path):
     result = invoke("train", "--language", "arith", "--steps", 4, "--batch-size", 4, "--d-model", 32,
                     "--n-layers", 1, "--n-heads", 2, "--d-ff", 32, "--save-every", 2, "--out", run_dir, "--no-progress")
     assert_one_line_error(result, "d_model: 16 -> 32")
+
+
+def test_demo_runs_on_the_shipped_checkpoints():
+    result = invoke("demo")
+    assert result.exit_code == 0, result.output
+    for shots in (0, 2, 6):
+        assert f"{shots} in-context examples" in result.output
+    assert result.output.count("entropy of the next example") == 3
+
+
+def test_demo_without_checkpoints_says_where_it_looked(tmp_path):
+    assert_one_line_error(invoke("demo", "--checkpoints", tmp_path), "no shipped checkpoints")

@@ -127,7 +127,7 @@ def test_top_k_equals_brute_force_sort(lm, truth_table):
     assert as_dict(top1) and next(iter(as_dict(top1))) == ranked[0][0]
 
 
-def test_top_1_is_greedy_when_greedy_is_optimal_in_a_degenerate_case():
+def test_top_1_of_one_token_paths_is_the_argmax():
     """With max_new = 1 the most probable path is the argmax token."""
     lm = random_lm(2)
     table = pp.top_k(lm, [0, 3], 1, 1)
