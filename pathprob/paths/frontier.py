@@ -55,5 +55,16 @@ def grow(pool: State, capacity: int) -> State:
 
 def path_state_bytes(lm: LanguageModel, capacity: int) -> int:
     """Bytes of one path's per-path state (computed abstractly: nothing runs)."""
-    state, _ = jax.eval_shape(lambda: start(lm, jnp.zeros((1,), jnp.int32), capacity))
+    return _path_state_bytes(jax.tree.structure(lm), tuple(_shape_dtype(x) for x in jax.tree.leaves(lm)), capacity)
+
+
+def _shape_dtype(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+
+
+@functools.lru_cache(maxsize=64)
+def _path_state_bytes(treedef, leaves: tuple, capacity: int) -> int:
+    """Cached per model configuration: tracing ``start`` costs milliseconds."""
+    lm = jax.tree.unflatten(treedef, leaves)
+    state, _ = jax.eval_shape(lambda lm: start(lm, jnp.zeros((1,), jnp.int32), capacity), lm)
     return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(state.paths)))
