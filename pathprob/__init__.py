@@ -18,13 +18,15 @@ from pathprob.models.base import LanguageModel, State
 from pathprob.models.transformer import Transformer, TransformerLM
 from pathprob.paths.enumerate import Budget, enumerate_paths, top_k
 from pathprob.paths.measure import entropy, mass
+from pathprob.paths.montecarlo import kl
+from pathprob.paths.sample import Samples, sample
 from pathprob.paths.results import Estimate, PathTable
 from pathprob.paths.score import score
 from pathprob.paths.sets import PathSet, Predicate, Regex
 from pathprob.training import train
 
 __all__ = [
-    "Budget", "Estimate", "PathSet", "PathTable", "Predicate", "Regex", "entropy", "enumerate_paths", "mass", "top_k",
+    "Budget", "Estimate", "Samples", "kl", "sample", "PathSet", "PathTable", "Predicate", "Regex", "entropy", "enumerate_paths", "mass", "top_k",
     "BadPromptError", "BudgetExceededError", "CheckpointError", "LanguageModel", "ModelConfig", "PathprobError",
     "State", "Tokenizer", "TrainConfig", "TrainingError", "Transformer", "TransformerLM", "UnknownSpecError",
     "describe_model", "get_language", "open_model", "score", "train",

@@ -212,14 +212,53 @@ def topk(spec: Spec, prompt: Prompt, max_new: MaxNew,
               f"<= p of path {len(table)}")
 
 
+Samples = Annotated[int, typer.Option("-n", min=1, help="Samples (Monte-Carlo methods; swor: distinct paths).")]
+Seed = Annotated[int, typer.Option(min=0, help="Random seed (recorded in the result).")]
+
+
+class _ChunkProgress:
+    """A progress bar over sample chunks showing the running estimate, on a terminal only."""
+
+    def __init__(self, total: int):
+        self.total, self.bar = total, None
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("samples"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), console=err, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("sample", total=self.total, info="")
+        return self
+
+    def __call__(self, done: int, total: int, running: pp.Estimate) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total,
+                            info=f"{running.value:.6g} [{running.lower:.4g}, {running.upper:.4g}]")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def _mc_options(method: str, n: int, seed: int, progress) -> dict:
+    return {} if method == "exact" else {"n": n, "key": seed, "on_chunk": progress}
+
+
 @command
 def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
          regex: Annotated[str, typer.Option(help="Full-match regular expression over the continuation text.")],
-         method: Annotated[str, typer.Option(help="exact")] = "exact",
+         method: Annotated[str, typer.Option(help="exact, mc, is, smc, swor or hybrid")] = "exact",
+         n: Samples = 10_000, seed: Seed = 0,
          min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
-    """P(continuation matches REGEX | prompt), exact or with proven bounds."""
+    """P(continuation matches REGEX | prompt): exact with proven bounds, or Monte Carlo with an interval."""
     lm = pp.open_model(spec)
-    est = pp.mass(lm, prompt, pp.Regex(regex), max_new, method=method, min_prob=min_prob, max_paths=max_paths)
+    pathset = pp.Regex(regex)
+    with _ChunkProgress(n) as progress:
+        est = pp.mass(lm, prompt, pathset, max_new, method=method, min_prob=min_prob, max_paths=max_paths,
+                      **_mc_options(method, n, seed, progress))
     if _emit_json(json_out, est.to_dict()) and str(json_out) == "-":
         return
     _print_estimate(f"P({regex!r})", est)
@@ -227,15 +266,59 @@ def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
 
 @command
 def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
-            method: Annotated[str, typer.Option(help="exact")] = "exact",
+            method: Annotated[str, typer.Option(help="exact, mc or swor")] = "exact",
+            n: Samples = 10_000, seed: Seed = 0,
+            estimator: Annotated[str, typer.Option(help="mc: chain (Rao-Blackwellised) or plain")] = "chain",
             min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
-    """Entropy of the path distribution (nats), exact or with proven bounds."""
+    """Entropy of the path distribution (nats): exact with proven bounds, or Monte Carlo with an interval."""
     lm = pp.open_model(spec)
-    est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths)
+    with _ChunkProgress(n) as progress:
+        options = _mc_options(method, n, seed, progress)
+        if method == "mc":
+            options["estimator"] = estimator
+        est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, **options)
     if _emit_json(json_out, est.to_dict()) and str(json_out) == "-":
         return
     _print_estimate("H", est, " nats")
     out.print(f"effective number of paths exp(H) = {math.exp(est.value):.4g}")
+
+
+@command
+def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed: Seed = 0,
+           temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
+           top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k best tokens.")] = None,
+           top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = None,
+           show: Annotated[int, typer.Option(min=0, help="Distinct paths to print.")] = 20, json_out: JsonOut = None):
+    """Sample paths; print the most frequent with counts and model probabilities."""
+    lm = pp.open_model(spec)
+    samples = pp.sample(lm, prompt, n, max_new, key=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+    if _emit_json(json_out, samples.to_dict()) and str(json_out) == "-":
+        return
+    table = Table("#", "path", "count", "frequency", "p model", title=f"{n:,} samples after {prompt!r} (seed {seed})",
+                  title_justify="left")
+    counts = samples.counts()
+    for i, (path, count, lp) in enumerate(counts[:show], 1):
+        table.add_row(str(i), repr(lm.tokenizer.decode(list(path))), f"{count:,}", f"{count / n:.4f}",
+                      f"{math.exp(lp):.4g}")
+    out.print(table)
+    out.print(f"{len(counts):,} distinct paths")
+
+
+@command
+def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
+       prompt_b: Annotated[Optional[str], typer.Option("--prompt-b", help="Prompt of b (default: --prompt).")] = None,
+       model_b: Annotated[Optional[str], typer.Option("--model-b", help="Model spec of b (default: SPEC).")] = None,
+       method: Annotated[str, typer.Option(help="exact or mc")] = "exact",
+       n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None):
+    """KL(a || b) between two path distributions (two prompts and/or two models), in nats."""
+    lm_a = pp.open_model(spec)
+    lm_b = lm_a if model_b is None else pp.open_model(model_b)
+    with _ChunkProgress(n) as progress:
+        est = pp.kl(lm_a, prompt, lm_b, prompt if prompt_b is None else prompt_b, max_new, method=method,
+                    **_mc_options(method, n, seed, progress))
+    if _emit_json(json_out, est.to_dict()) and str(json_out) == "-":
+        return
+    _print_estimate("KL(a || b)", est, " nats")
 
 
 @command

@@ -97,3 +97,21 @@ def test_demo_runs_on_the_shipped_checkpoints():
 
 def test_demo_without_checkpoints_says_where_it_looked(tmp_path):
     assert_one_line_error(invoke("demo", "--checkpoints", tmp_path), "no shipped checkpoints")
+
+
+def test_monte_carlo_commands():
+    result = invoke("sample", "truth:arith", "--prompt", "^1+2=", "--max-new", 2, "-n", 64, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    assert "'3;'" in result.output and "64" in result.output
+    for method in ("mc", "smc", "hybrid"):
+        result = invoke("mass", "truth:concepts", "--prompt", "^", "--regex", "ab.*", "--max-new", 3,
+                        "--method", method, "-n", 256, "--json", "-")
+        assert result.exit_code == 0, result.output
+        est = json.loads(result.output)
+        assert est["method"] == method and est["lower"] <= est["value"] <= est["upper"]
+    result = invoke("entropy", "truth:arith", "--prompt", "^", "--max-new", 4, "--method", "mc", "-n", 256)
+    assert result.exit_code == 0 and "95% interval" in result.output
+    result = invoke("kl", "truth:concepts", "--prompt", "^abkbk;", "--prompt-b", "^", "--max-new", 3)
+    assert result.exit_code == 0 and "KL(a || b)" in result.output
+    assert_one_line_error(invoke("mass", "truth:arith", "--prompt", "^", "--regex", "1.*", "--max-new", 2,
+                                 "--method", "magic"), "unknown method")

@@ -1,4 +1,4 @@
-"""Exact measurements of the path distribution: a set's mass and the path entropy, with proven bounds."""
+"""A set's mass and the path entropy: exact with proven bounds, or by Monte Carlo with intervals."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ import numpy as np
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel
 from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, enumerate_paths
+from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, entropy_mc, mass_mc
 from pathprob.paths.results import Estimate, PathTable, logsumexp64
 from pathprob.paths.sets import PathSet, as_path_set
 
 EXACT_METHODS = ("exact",)
+
+
+def _need_n(method: str, n: int | None) -> int:
+    if n is None:
+        raise PathprobError(f"method {method!r} samples: give the number of samples n")
+    return n
 
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> None:
@@ -41,6 +48,8 @@ def mass(
     min_prob: float = 0.0,
     max_paths: int | None = None,
     budget: Budget = DEFAULT_BUDGET,
+    n: int | None = None,
+    key=None,
     **kwargs,
 ) -> Estimate:
     """P(set | prompt) over paths of up to ``max_new`` tokens.
@@ -48,9 +57,15 @@ def mass(
     ``exact``: enumerate with DFA pruning (a prefix that can no longer reach the
     set is proven outside it and never expanded); ``[lower, upper]`` are proven
     bounds, equal (``exact=True``) when nothing that could be in the set was pruned.
+    ``mc``, ``is``, ``smc``, ``swor``, ``hybrid``: Monte Carlo with ``n`` samples and
+    ``key`` (see ``montecarlo.mass_mc`` for each method's options and interval).
     """
-    _check_method(method, EXACT_METHODS)
+    _check_method(method, EXACT_METHODS + MASS_METHODS)
     pathset = as_path_set(pathset)
+    if method in MASS_METHODS:
+        if method == "hybrid":
+            kwargs.update(min_prob=min_prob or 1e-4, budget=budget)
+        return mass_mc(lm, prompt, pathset, max_new, method=method, n=_need_n(method, n), key=key, **kwargs)
     t0 = time.perf_counter()
     table = enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths,
                             dfa=pathset.dfa(lm.tokenizer), budget=budget, **kwargs)
@@ -78,10 +93,18 @@ def entropy(
     min_prob: float = 0.0,
     max_paths: int | None = None,
     budget: Budget = DEFAULT_BUDGET,
+    n: int | None = None,
+    key=None,
     **kwargs,
 ) -> Estimate:
-    """Entropy (nats) of the distribution over paths of up to ``max_new`` tokens, with proven bounds."""
-    _check_method(method, EXACT_METHODS)
+    """Entropy (nats) of the distribution over paths of up to ``max_new`` tokens.
+
+    ``exact``: enumeration, with proven bounds when pruned. ``mc`` (``estimator``
+    ``chain`` or ``plain``) and ``swor``: Monte Carlo with ``n`` samples and ``key``.
+    """
+    _check_method(method, EXACT_METHODS + ENTROPY_METHODS)
+    if method in ENTROPY_METHODS:
+        return entropy_mc(lm, prompt, max_new, method=method, n=_need_n(method, n), key=key, **kwargs)
     t0 = time.perf_counter()
     table = enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths, budget=budget, **kwargs)
     lower, upper = entropy_from_table(table)
