@@ -1,0 +1,284 @@
+"""Monte-Carlo estimates of a set's mass, the path entropy and KL, each with an interval.
+
+Entry points (``n`` samples, ``key`` = ``jax.random.key(seed)`` or an int seed):
+
+- ``mass_mc(lm, prompt, pathset, max_new, method=..., n=..., key=...)``:
+  ``mc`` plain Monte Carlo, hits/n with the Wilson interval (valid with zero hits);
+  ``is`` importance sampling from a warped model or another model: mean(w · 1_S),
+  w = p/q, normal interval, the self-normalised form in ``details``;
+  ``smc`` DFA-guided SIS / SMC (``smc.py``); ``swor`` without replacement (``swor.py``);
+  ``hybrid`` exact head + sampled remainder (``hybrid.py``).
+- ``entropy_mc(lm, prompt, max_new, method="mc" | "swor", n=..., key=..., estimator=...)``:
+  ``plain`` mean of -log p(x); ``chain`` mean of sum_t H(p(. | x_<t)) (Rao-Blackwellised:
+  same expectation, lower variance); normal intervals within [0, log #paths].
+- ``kl(lm_a, prompt_a, lm_b, prompt_b, max_new, method="exact" | "mc", ...)``.
+
+All sampling streams chunk by chunk (``sample.stream``): memory is bounded by the chunk,
+and ``on_chunk(done, total, running_estimate)`` can show progress.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pathprob.errors import PathprobError
+from pathprob.models.base import LanguageModel
+from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, enumerate_paths
+from pathprob.paths.hybrid import hybrid_mass
+from pathprob.paths.intervals import LogMoments, Moments, clip, normal_interval, wilson
+from pathprob.paths.results import Estimate
+from pathprob.paths.proposal import MODEL, Proposal
+from pathprob.paths.sample import DEFAULT_CHUNK, as_key, check_compatible, contains, stream
+from pathprob.paths.score import score
+from pathprob.paths.sets import PathSet, as_path_set
+from pathprob.paths.smc import smc_mass
+from pathprob.paths.swor import log_num_paths, swor_entropy, swor_mass
+
+MASS_METHODS = ("mc", "is", "smc", "swor", "hybrid")
+ENTROPY_METHODS = ("mc", "swor")
+ENTROPY_ESTIMATORS = ("chain", "plain")
+OnChunk = Callable[[int, int, Estimate], None]
+
+
+def _methods_error(method: str, allowed: tuple[str, ...]) -> PathprobError:
+    return PathprobError(f"unknown method {method!r}; choose one of {', '.join(allowed)}")
+
+
+def _check_options(method: str, options: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise PathprobError(f"method {method!r} takes no option(s) {', '.join(unknown)}"
+                            + (f"; its options: {', '.join(allowed)}" if allowed else ""))
+
+
+def mass_mc(
+    lm: LanguageModel,
+    prompt: str | Sequence[int],
+    pathset: PathSet | str,
+    max_new: int,
+    *,
+    method: str,
+    n: int,
+    key,
+    level: float = 0.95,
+    chunk: int = DEFAULT_CHUNK,
+    on_chunk: OnChunk | None = None,
+    **options,
+) -> Estimate:
+    """P(set | prompt) over paths of up to ``max_new`` tokens, by a Monte-Carlo ``method``.
+
+    Options: ``is``: ``temperature``, ``top_k``, ``top_p``, ``proposal`` (another
+    LanguageModel), ``proposal_prompt``; ``smc``: ``resample`` (ESS fraction; None =
+    no resampling), ``particles``; ``hybrid``: ``min_prob``, ``budget``; ``swor``: none
+    (``n`` is the number of distinct paths k).
+    """
+    pathset = as_path_set(pathset)
+    if method == "mc":
+        _check_options(method, options, ())
+        return _mc_mass(lm, prompt, pathset, max_new, n=n, key=key, level=level, chunk=chunk, on_chunk=on_chunk)
+    if method == "is":
+        _check_options(method, options, ("temperature", "top_k", "top_p", "proposal", "proposal_prompt"))
+        return _is_mass(lm, prompt, pathset, max_new, n=n, key=key, level=level, chunk=chunk, on_chunk=on_chunk,
+                        **options)
+    if method == "smc":
+        _check_options(method, options, ("resample", "particles"))
+        return smc_mass(lm, prompt, pathset, max_new, n=n, key=key, level=level, chunk=chunk, on_chunk=on_chunk,
+                        **options)
+    if method == "swor":
+        _check_options(method, options, ())
+        return _reported(swor_mass(lm, prompt, pathset, max_new, n=n, key=key, level=level), on_chunk)
+    if method == "hybrid":
+        _check_options(method, options, ("min_prob", "budget"))
+        return _reported(hybrid_mass(lm, prompt, pathset, max_new, n=n, key=key, level=level, chunk=chunk, **options),
+                         on_chunk)
+    raise _methods_error(method, MASS_METHODS)
+
+
+def _reported(estimate: Estimate, on_chunk: OnChunk | None) -> Estimate:
+    """Methods that do not stream report once, at the end."""
+    if on_chunk is not None:
+        on_chunk(estimate.n, estimate.n, estimate)
+    return estimate
+
+
+def _in_set(pathset: PathSet, part) -> np.ndarray:
+    accepted = part.extras.get("accepted")
+    return accepted if accepted is not None else contains(pathset, part.tokens, part.lengths, part.tokenizer)
+
+
+def _mc_mass(lm, prompt, pathset, max_new, *, n, key, level, chunk, on_chunk) -> Estimate:
+    t0 = time.perf_counter()
+    _, seed, _ = as_key(key)
+    hits = done = 0
+
+    def estimate() -> Estimate:
+        p = hits / done
+        lower, upper = wilson(hits, done, level)
+        return Estimate(value=p, lower=lower, upper=upper, method="mc", n=done,
+                        stderr=math.sqrt(p * (1 - p) / done), ess=float(done), seconds=time.perf_counter() - t0,
+                        level=level, seed=seed, details={"hits": hits, "interval": "Wilson score"})
+
+    for part in stream(lm, prompt, n, max_new, key=key, chunk=chunk, dfa=pathset.dfa(lm.tokenizer)):
+        hits += int(np.sum(_in_set(pathset, part)))
+        done += len(part)
+        if on_chunk is not None:
+            on_chunk(done, n, estimate())
+    return estimate()
+
+
+def _is_mass(lm, prompt, pathset, max_new, *, n, key, level, chunk, on_chunk, temperature=1.0, top_k=None,
+             top_p=None, proposal=None, proposal_prompt=None) -> Estimate:
+    t0 = time.perf_counter()
+    _, seed, _ = as_key(key)
+    warp = Proposal(temperature=temperature, top_k=top_k, top_p=top_p)
+    weighted, weights = LogMoments(), LogMoments()  # w · 1_S and w
+
+    def estimate() -> Estimate:
+        value, stderr = weighted.mean, weighted.stderr
+        lower, upper = clip(normal_interval(value, stderr, level), 0.0, 1.0)
+        details = {"interval": "normal: mean(w·1_S) ± z·sd/√n",
+                   "self_normalised": _self_normalised(weighted, weights, level),
+                   "ess_in_set": weighted.ess, "log_value": weighted.log_mean,
+                   "proposal": {"temperature": warp.temperature, "top_k": top_k, "top_p": top_p,
+                                "other_model": proposal is not None}}
+        if not warp.covers_support:
+            details["warning"] = ("top-k/top-p proposals give probability 0 to some paths the model can emit; "
+                                  "IS misses their mass (biased low unless the set lies inside the proposal's support)")
+        if weighted.s1 == 0:
+            details["warning_no_hits"] = "no sample hit the set: the normal interval is degenerate; try 'smc' or 'mc'"
+        return Estimate(value=value, lower=lower, upper=upper, method="is", n=weights.n, stderr=stderr,
+                        ess=weights.ess, seconds=time.perf_counter() - t0, level=level, seed=seed, details=details)
+
+    done = 0
+    for part in stream(lm, prompt, n, max_new, key=key, chunk=chunk, proposal=warp, proposal_lm=proposal,
+                       proposal_prompt=proposal_prompt, dfa=pathset.dfa(lm.tokenizer)):
+        log_w = part.log_weights
+        weights.add(log_w)
+        weighted.add(np.where(_in_set(pathset, part), log_w, -np.inf))
+        done += len(part)
+        if on_chunk is not None:
+            on_chunk(done, n, estimate())
+    return estimate()
+
+
+def _self_normalised(weighted: LogMoments, weights: LogMoments, level: float) -> dict:
+    """sum w·1_S / sum w with its delta-method interval: variance sum w² (1_S - mu)² / (sum w)²."""
+    if weights.s1 == 0:
+        return {"value": math.nan, "stderr": math.nan, "interval": [math.nan, math.nan]}
+    scale = math.exp(weighted.shift - weights.shift) if weighted.s1 > 0 else 0.0
+    mu = scale * weighted.s1 / weights.s1
+    in_sq = weighted.s2 * scale * scale  # sum w² 1_S, in the units of ``weights``
+    var = ((1 - mu) ** 2 * in_sq + mu * mu * max(weights.s2 - in_sq, 0.0)) / weights.s1**2
+    stderr = math.sqrt(var)
+    return {"value": mu, "stderr": stderr, "interval": list(clip(normal_interval(mu, stderr, level), 0.0, 1.0))}
+
+
+def entropy_mc(
+    lm: LanguageModel,
+    prompt: str | Sequence[int],
+    max_new: int,
+    *,
+    method: str = "mc",
+    n: int,
+    key,
+    estimator: str = "chain",
+    level: float = 0.95,
+    chunk: int = DEFAULT_CHUNK,
+    on_chunk: OnChunk | None = None,
+) -> Estimate:
+    """Entropy (nats) of the path distribution: ``mc`` (``estimator`` chain or plain) or ``swor`` (n = k)."""
+    if method == "swor":
+        return _reported(swor_entropy(lm, prompt, max_new, n=n, key=key, level=level), on_chunk)
+    if method != "mc":
+        raise _methods_error(method, ENTROPY_METHODS)
+    if estimator not in ENTROPY_ESTIMATORS:
+        raise PathprobError(f"unknown entropy estimator {estimator!r}; choose one of {', '.join(ENTROPY_ESTIMATORS)}")
+    t0 = time.perf_counter()
+    _, seed, _ = as_key(key)
+    values = Moments()
+    bounds = (0.0, log_num_paths(lm.vocab_size, max_new))
+
+    def estimate() -> Estimate:
+        lower, upper = clip(normal_interval(values.mean, values.stderr, level), *bounds)
+        return Estimate(value=values.mean, lower=lower, upper=upper, method="mc", n=values.n, stderr=values.stderr,
+                        ess=float(values.n), seconds=time.perf_counter() - t0, level=level, seed=seed,
+                        details={"estimator": estimator,
+                                 "interval": "normal: mean ± z·sd/√n, within [0, log #paths]"})
+
+    track = ("entropy",) if estimator == "chain" else ()
+    for part in stream(lm, prompt, n, max_new, key=key, chunk=chunk, track=track):
+        values.add(part.extras["entropy"] if estimator == "chain" else -part.logp)
+        if on_chunk is not None:
+            on_chunk(values.n, n, estimate())
+    return estimate()
+
+
+def kl(
+    lm_a: LanguageModel,
+    prompt_a: str | Sequence[int],
+    lm_b: LanguageModel,
+    prompt_b: str | Sequence[int],
+    max_new: int,
+    *,
+    method: str = "exact",
+    n: int = 4096,
+    key=None,
+    estimator: str = "chain",
+    level: float = 0.95,
+    chunk: int = DEFAULT_CHUNK,
+    budget: Budget = DEFAULT_BUDGET,
+    on_chunk: OnChunk | None = None,
+) -> Estimate:
+    """KL(a || b) in nats between the path distributions of (lm_a, prompt_a) and (lm_b, prompt_b).
+
+    ``exact``: enumerate every path of a, score each under both models, sum in float64
+    (``inf`` when b cannot emit a path a can). ``mc``: sample x ~ a; ``estimator``
+    ``plain`` averages log p_a(x) - log p_b(x); ``chain`` averages
+    sum_t KL(p_a(. | x_<t) || p_b(. | x_<t)) (the chain rule: same expectation, lower
+    variance). A sample that b cannot emit proves KL = inf.
+    """
+    check_compatible(lm_a, lm_b)
+    t0 = time.perf_counter()
+    if method == "exact":
+        table = enumerate_paths(lm_a, prompt_a, max_new, budget=budget)
+        paths = [row[:m].tolist() for row, m in zip(table.tokens, table.lengths)]
+        log_a, log_b = score(lm_a, prompt_a, paths), score(lm_b, prompt_b, paths)
+        p = np.exp(log_a)
+        with np.errstate(invalid="ignore"):
+            value = float(np.sum(np.where(p > 0, p * (log_a - log_b), 0.0)))
+        return Estimate(value=value, lower=value, upper=value, method="exact", exact=True,
+                        seconds=time.perf_counter() - t0, details={"paths": len(paths)})
+    if method != "mc":
+        raise _methods_error(method, ("exact", "mc"))
+    if estimator not in ENTROPY_ESTIMATORS:
+        raise PathprobError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(ENTROPY_ESTIMATORS)}")
+    _, seed, _ = as_key(key)
+    values = Moments()
+    infinite = False
+
+    def estimate() -> Estimate:
+        if infinite:
+            return Estimate(value=math.inf, lower=math.inf, upper=math.inf, method="mc", n=values.n, exact=True,
+                            seconds=time.perf_counter() - t0, seed=seed,
+                            details={"estimator": estimator, "reason": "a sampled path (or next token) has "
+                                     "positive probability under a and zero under b"})
+        lower, upper = clip(normal_interval(values.mean, values.stderr, level), 0.0, math.inf)
+        return Estimate(value=values.mean, lower=lower, upper=upper, method="mc", n=values.n, stderr=values.stderr,
+                        ess=float(values.n), seconds=time.perf_counter() - t0, level=level, seed=seed,
+                        details={"estimator": estimator, "interval": "normal: mean ± z·sd/√n, KL >= 0"})
+
+    # Draw from a (the proposal, unwarped), score under b (the target): logq = log p_a, logp = log p_b.
+    for part in stream(lm_b, prompt_b, n, max_new, key=key, chunk=chunk, proposal=MODEL, proposal_lm=lm_a,
+                       proposal_prompt=prompt_a, track=("kl",) if estimator == "chain" else ()):
+        per_path = part.extras["kl"] if estimator == "chain" else part.logq - part.logp
+        if not np.all(np.isfinite(per_path)):
+            infinite = True
+            break
+        values.add(per_path)
+        if on_chunk is not None:
+            on_chunk(values.n, n, estimate())
+    return estimate()
