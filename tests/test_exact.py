@@ -213,3 +213,11 @@ def test_budget_refuses_with_advice(lm):
         pp.enumerate_paths(lm, [0], 12, budget=Budget(max_nodes=10_000))
     with pytest.raises(BadPromptError, match="context"):
         pp.enumerate_paths(lm, [0], 40)
+
+
+def test_budget_counts_only_dfa_live_prefixes():
+    lm = random_lm(0)
+    with pytest.raises(BudgetExceededError):
+        pp.mass(lm, [0], pp.Predicate(lambda t: t.startswith("ab")), 9, budget=Budget(max_nodes=50_000))
+    narrow = pp.mass(lm, [0], pp.Regex("abcd.*"), 9, min_prob=1e-3, budget=Budget(max_nodes=50_000))
+    assert narrow.lower <= narrow.upper

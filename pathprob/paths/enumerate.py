@@ -79,16 +79,36 @@ def _check_request(lm: LanguageModel, prompt, max_new: int, min_prob: float, max
     return encode_prompt(lm, prompt, room=max_new)
 
 
+def _live_prefix_counts(dfa: TokenDFA, max_new: int, eos: int) -> list[float]:
+    """Number of token sequences of each length < max_new that keep the DFA live (no EOS)."""
+    extend = dfa.transitions.copy()
+    extend[:, eos] = -1
+    counts = np.zeros(dfa.n_states)
+    counts[dfa.initial] = 1.0
+    out = []
+    for _ in range(max_new):
+        out.append(float(counts[dfa.live].sum()))
+        step = np.zeros(dfa.n_states)
+        for s in np.nonzero(counts * dfa.live)[0]:
+            targets = extend[s][extend[s] >= 0]
+            np.add.at(step, targets, counts[s])
+        counts = step
+    return out
+
+
 def estimate_work(lm: LanguageModel, max_new: int, *, min_prob: float, max_paths: int | None,
-                  chunk: int) -> tuple[int, int]:
+                  chunk: int, dfa: TokenDFA | None = None) -> tuple[int, int]:
     """Upper bounds on (prefixes expanded, bytes held at once) for an enumeration.
 
     At depth t at most min(V^t, 1/min_prob, max_paths) prefixes are expanded: at
-    most 1/min_prob prefixes of one depth can each have probability >= min_prob.
+    most 1/min_prob prefixes of one depth can each have probability >= min_prob;
+    with a DFA, only the prefixes that keep it live.
     """
     V = lm.vocab_size
     width_cap = min(max_paths or math.inf, 1.0 / min_prob if min_prob > 0 else math.inf)
     widths = [min(float(V) ** t, width_cap) for t in range(max_new)]
+    if dfa is not None:
+        widths = [min(w, c) for w, c in zip(widths, _live_prefix_counts(dfa, max_new, lm.eos_id))]
     nodes = int(min(sum(widths), 2**62))
     widest = max(widths)
     per_path = frontier.path_state_bytes(lm, max_new)
@@ -99,8 +119,8 @@ def estimate_work(lm: LanguageModel, max_new: int, *, min_prob: float, max_paths
     return nodes, int(min(device + host, 2**62))
 
 
-def _check_budget(lm, max_new, min_prob, max_paths, chunk, budget: Budget) -> tuple[int, int]:
-    nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=max_paths, chunk=chunk)
+def _check_budget(lm, max_new, min_prob, max_paths, chunk, budget: Budget, dfa=None) -> tuple[int, int]:
+    nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=max_paths, chunk=chunk, dfa=dfa)
     if nodes > budget.max_nodes or nbytes > budget.max_bytes:
         raise BudgetExceededError(
             f"exact enumeration up to {max_new} tokens could expand {nodes:.3g} prefixes and hold "
@@ -134,7 +154,7 @@ def enumerate_paths(
     """
     prompt_P = _check_request(lm, prompt, max_new, min_prob, max_paths)
     chunk = frontier.bucket(chunk or DEFAULT_CHUNK)
-    _check_budget(lm, max_new, min_prob, max_paths, chunk, budget)
+    _check_budget(lm, max_new, min_prob, max_paths, chunk, budget, dfa)
     t0 = time.perf_counter()
     V, eos = lm.vocab_size, lm.eos_id
     log_min = math.log(min_prob) if min_prob > 0 else -math.inf
