@@ -51,11 +51,13 @@ def run_demo(console: Console, checkpoints: Path | None = None, *, top: int = 10
         for i, (text, lp, tlp) in enumerate(zip(table.texts(with_eos=True), table.logp, truth_logp), 1):
             out.add_row(str(i), text, f"{math.exp(lp):.4f}", f"{math.exp(tlp):.4f}")
         console.print(out)
+        # soft_wrap: one logical line whatever the terminal width (no hard breaks in pipes or logs).
         console.print(
             f"  top {top} cover {math.exp(table.log_covered):.3f} of the model's mass and "
             f"{sum(math.exp(t) for t in truth_logp):.3f} of the truth's; entropy of the next example: "
             f"model {h_model.value:.3f} nats (bounds [{h_model.lower:.3f}, {h_model.upper:.3f}]), "
-            f"truth {h_truth.value:.3f} nats\n"
+            f"truth {h_truth.value:.3f} nats\n",
+            soft_wrap=True,
         )
         summary["prompts"].append({"shots": shots, "prompt": prompt, "top": table.to_dict(),
                                    "truth_logp": truth_logp.tolist(), "entropy_model": h_model.to_dict(),

@@ -282,13 +282,14 @@ def _expand_level(lm, pool, parent: np.ndarray, token: np.ndarray, chunk: int):
     new_pool, pending = None, []
     # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
-        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_n[lo : lo + c]),
-                                             jnp.asarray(token_n[lo : lo + c]))
+        size = min(c, frontier.bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
+        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_n[lo : lo + size]),
+                                             jnp.asarray(token_n[lo : lo + size]))
         if new_pool is None:
             new_pool = frontier.empty_pool(child, capacity)
         new_pool = new_pool.replace(paths=frontier.write(new_pool.paths, child.paths, jnp.int32(lo)))
         pending.append(logprobs_cV)
-    logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)
+    logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
     return new_pool, logprobs
 
 
