@@ -137,31 +137,43 @@ def _emit_json(target: Path | None, payload: dict) -> bool:
     return True
 
 
-class _LevelProgress:
-    """A progress bar over trie depths, on a terminal only."""
+class _Progress:
+    """A transient rich progress bar on stderr when it is a terminal; otherwise nothing.
 
-    def __init__(self, total: int):
-        self.total = total
-        self.bar = None
+    Called as ``progress(done, info)``; the callbacks below adapt the engines' reports.
+    """
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.bar = label, total, None
 
     def __enter__(self):
         if sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self.bar = Progress(TextColumn("depth"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), console=err, transient=True)
             self.bar.__enter__()
-            self.task = self.bar.add_task("enumerate", total=self.total, info="")
+            self.task = self.bar.add_task(self.label, total=self.total, info="")
         return self
 
-    def __call__(self, depth: int, nodes: int, width: int) -> None:
+    def update(self, done: int, info: str, total: int | None = None) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=depth, info=f"{nodes:,} nodes, frontier {width:,}")
+            self.bar.update(self.task, completed=done, total=total or self.total, info=info)
 
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.__exit__(*exc)
         return False
+
+
+class _LevelProgress(_Progress):
+    """Progress over trie depths (``on_level`` of the exact engine)."""
+
+    def __init__(self, total: int):
+        super().__init__("depth", total)
+
+    def __call__(self, depth: int, nodes: int, width: int) -> None:
+        self.update(depth, f"{nodes:,} nodes, frontier {width:,}")
 
 
 def _print_paths(table: pp.PathTable, title: str, limit: int | None = None) -> None:
@@ -216,31 +228,14 @@ Samples = Annotated[int, typer.Option("-n", min=1, help="Samples (Monte-Carlo me
 Seed = Annotated[int, typer.Option(min=0, help="Random seed (recorded in the result).")]
 
 
-class _ChunkProgress:
-    """A progress bar over sample chunks showing the running estimate, on a terminal only."""
+class _ChunkProgress(_Progress):
+    """Progress over sample chunks with the running estimate (``on_chunk`` of the Monte-Carlo engine)."""
 
     def __init__(self, total: int):
-        self.total, self.bar = total, None
-
-    def __enter__(self):
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(TextColumn("samples"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), console=err, transient=True)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("sample", total=self.total, info="")
-        return self
+        super().__init__("samples", total)
 
     def __call__(self, done: int, total: int, running: pp.Estimate) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total,
-                            info=f"{running.value:.6g} [{running.lower:.4g}, {running.upper:.4g}]")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
+        self.update(done, f"{running.value:.6g} [{running.lower:.4g}, {running.upper:.4g}]", total)
 
 
 def _mc_options(method: str, n: int, seed: int, progress) -> dict:
