@@ -212,7 +212,7 @@ def enumerate_paths(
             parent, token, logp = parent[kept], token[kept], logp[kept]
         if parent.size == 0:
             break
-        pool, next_logprobs = _expand_level(lm, pool, parent, token, chunk)
+        pool, next_logprobs = frontier.expand_children(lm, pool, parent, token, chunk)
         nodes += parent.size
         prefix_tokens = _extend(prefix_tokens, parent, token, depth + 1)
         prefix_logp = logp
@@ -269,28 +269,6 @@ def _rank(logp: np.ndarray) -> np.ndarray:
         pos = np.nonzero(in_tie)[0]
         order[pos] = order[pos][np.lexsort((order[pos], run[pos]))]
     return order
-
-
-def _expand_level(lm, pool, parent: np.ndarray, token: np.ndarray, chunk: int):
-    """Advance the chosen (parent, token) children, in chunks, into a new pool; their next log-probs."""
-    n = parent.size
-    c = min(chunk, frontier.bucket(n, 8))
-    capacity = frontier.bucket(n, c)
-    parent_n = np.zeros(capacity, np.int32)
-    token_n = np.zeros(capacity, np.int32)
-    parent_n[:n], token_n[:n] = parent, token
-    new_pool, pending = None, []
-    # Dispatch every chunk before reading any result back: the device works while the host queues.
-    for lo in range(0, n, c):
-        size = min(c, frontier.bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
-        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_n[lo : lo + size]),
-                                             jnp.asarray(token_n[lo : lo + size]))
-        if new_pool is None:
-            new_pool = frontier.empty_pool(child, capacity)
-        new_pool = new_pool.replace(paths=frontier.write(new_pool.paths, child.paths, jnp.int32(lo)))
-        pending.append(logprobs_cV)
-    logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
-    return new_pool, logprobs
 
 
 def top_k(

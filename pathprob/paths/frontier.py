@@ -68,3 +68,26 @@ def _path_state_bytes(treedef, leaves: tuple, capacity: int) -> int:
     lm = jax.tree.unflatten(treedef, leaves)
     state, _ = jax.eval_shape(lambda lm: start(lm, jnp.zeros((1,), jnp.int32), capacity), lm)
     return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(state.paths)))
+
+
+def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: np.ndarray,
+                    chunk: int) -> tuple[State, np.ndarray]:
+    """The children (parent[i], token[i]) of pool paths as a new pool, and their next log-probs float64[n, V]."""
+    n = parent.size
+    c = min(chunk, bucket(n, 8))
+    capacity = bucket(n, c)
+    parent_n = np.zeros(capacity, np.int32)
+    token_n = np.zeros(capacity, np.int32)
+    parent_n[:n], token_n[:n] = parent, token
+    new_pool, pending = None, []
+    # Dispatch every chunk before reading any result back: the device works while the host queues.
+    for lo in range(0, n, c):
+        size = min(c, bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
+        child, logprobs_cV = expand(lm, pool, jnp.asarray(parent_n[lo : lo + size]),
+                                    jnp.asarray(token_n[lo : lo + size]))
+        if new_pool is None:
+            new_pool = empty_pool(child, capacity)
+        new_pool = new_pool.replace(paths=write(new_pool.paths, child.paths, jnp.int32(lo)))
+        pending.append(logprobs_cV)
+    logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
+    return new_pool, logprobs

@@ -128,29 +128,12 @@ def walk(lm: LanguageModel, prompt_P: np.ndarray, pathset: PathSet, max_new: int
         if result.nodes + parent.size > budget.max_nodes:
             raise BudgetExceededError(f"the hybrid head would expand more than {budget.max_nodes:.3g} prefixes; "
                                       "raise min_prob or use method 'smc' or 'mc'")
-        pool, next_logp = _expand(lm, pool, parent, token, chunk)
+        pool, next_logp = frontier.expand_children(lm, pool, parent, token, chunk)
         result.nodes += parent.size
         result.levels.append((parent.astype(np.int32), token.astype(np.int32)))
         logp = child_logp[parent, token]
         state = child_state[parent, token] if dfa is not None else state[parent]
     return result
-
-
-def _expand(lm, pool, parent: np.ndarray, token: np.ndarray, chunk: int):
-    """The children (parent, token) as a new pool, and their next-token log-probs float64[n, V]."""
-    n = parent.size
-    c = min(chunk, frontier.bucket(n, 8))
-    new_pool, logprobs = None, np.empty((n, lm.vocab_size), np.float64)
-    for lo in range(0, n, c):
-        hi = min(lo + c, n)
-        parent_c, token_c = np.zeros(c, np.int32), np.zeros(c, np.int32)
-        parent_c[: hi - lo], token_c[: hi - lo] = parent[lo:hi], token[lo:hi]
-        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_c), jnp.asarray(token_c))
-        if new_pool is None:
-            new_pool = frontier.empty_pool(child, frontier.bucket(n, c))
-        new_pool = new_pool.replace(paths=frontier.write(new_pool.paths, child.paths, jnp.int32(lo)))
-        logprobs[lo:hi] = np.asarray(logprobs_cV, np.float64)[: hi - lo]
-    return new_pool, logprobs
 
 
 def _uniforms(key: jax.Array, n: int) -> np.ndarray:
