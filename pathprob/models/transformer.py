@@ -64,17 +64,21 @@ class Block(nnx.Module):
     def mlp(self, x_BTD: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(self.ln2(x_BTD))))
 
-    def __call__(self, x_BTD: jax.Array, pos_BT: jax.Array):
-        """Full causal self-attention block; also returns this layer's k, v as [B, H, T, Dh]."""
+    def attend(self, x_BTD: jax.Array, pos_BT: jax.Array):
+        """The attention write into the residual stream ([B, T, D], after ``proj``) and k, v as [B, H, T, Dh]."""
         B, T, D = x_BTD.shape
         q, k, v = self.qkv_heads(x_BTD, pos_BT)
         scores_BHTT = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / math.sqrt(self.cfg.head_dim)
         causal_TT = jnp.tril(jnp.ones((T, T), bool))
         weights = jax.nn.softmax(jnp.where(causal_TT, scores_BHTT, _NEG), axis=-1).astype(v.dtype)
         attn_BTD = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(B, T, D)
-        x_BTD = x_BTD + self.proj(attn_BTD)
-        x_BTD = x_BTD + self.mlp(x_BTD)
-        return x_BTD, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        return self.proj(attn_BTD), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def __call__(self, x_BTD: jax.Array, pos_BT: jax.Array):
+        """Full causal self-attention block; also returns this layer's k, v as [B, H, T, Dh]."""
+        write_BTD, k, v = self.attend(x_BTD, pos_BT)
+        x_BTD = x_BTD + write_BTD
+        return x_BTD + self.mlp(x_BTD), k, v
 
 
 class Transformer(nnx.Module):
