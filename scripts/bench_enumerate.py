@@ -42,7 +42,7 @@ def _sequence_logprobs(lm, prompt_P, tokens_BL):
     """float32[B, L]: log p of each continuation token, from one full forward per sequence."""
     B, P = tokens_BL.shape[0], prompt_P.shape[0]
     ids = jnp.concatenate([jnp.broadcast_to(prompt_P, (B, P)), tokens_BL], axis=1)
-    logprobs = jax.nn.log_softmax(lm.module(ids[:, :-1]))[:, P - 1 :]
+    logprobs = jax.nn.log_softmax(lm.module.teacher_forced_logits(ids[:, :-1]))[:, P - 1 :]
     return jnp.take_along_axis(logprobs, tokens_BL[..., None], axis=-1)[..., 0]
 
 

@@ -60,7 +60,7 @@ def make_variants(lm: TransformerLM, prompt_P: np.ndarray, batch: int, new: int)
 
     @jax.jit
     def teacher_forced(lm, tokens_BT):
-        return jax.nn.log_softmax(lm.module(tokens_BT))
+        return jax.nn.log_softmax(lm.module.teacher_forced_logits(tokens_BT))
 
     @jax.jit
     def kv_decode(lm, key):
@@ -75,7 +75,7 @@ def make_variants(lm: TransformerLM, prompt_P: np.ndarray, batch: int, new: int)
 
     @jax.jit
     def naive_step(lm, tokens_BT, key):
-        logprobs = jax.nn.log_softmax(lm.module(tokens_BT)[:, -1])
+        logprobs = jax.nn.log_softmax(lm.module.teacher_forced_logits(tokens_BT)[:, -1])
         return jnp.concatenate([tokens_BT, _sample(logprobs, key)[:, None]], axis=1)
 
     def naive_decode(lm, key):

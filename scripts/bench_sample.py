@@ -64,7 +64,7 @@ def naive_sampler(lm, prompt_P: np.ndarray, batch: int, new: int):
 
     @jax.jit
     def step(lm, tokens_BT, key):
-        logprobs_BV = jax.nn.log_softmax(lm.module(tokens_BT)[:, -1])
+        logprobs_BV = jax.nn.log_softmax(lm.module.teacher_forced_logits(tokens_BT)[:, -1])
         token_B = proposal.inverse_cdf(logprobs_BV, jax.random.uniform(key, (tokens_BT.shape[0],)))
         return jnp.concatenate([tokens_BT, token_B[:, None]], axis=1)
 

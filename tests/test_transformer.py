@@ -110,3 +110,17 @@ def test_advance_compiles_once_per_batch_size():
             for t in range(4):
                 state = counted_advance(lm, state, jnp.full((batch,), 1 + t % 3, jnp.int32))
     assert sorted(traces) == [(4,), (8,)]
+
+
+@pytest.mark.parametrize("batch", [1, 50, 64])
+def test_cpu_chunked_forward_equals_whole_batch(batch):
+    """A long teacher-forced batch runs in sub-batches on the CPU (padding the last): same logits."""
+    from pathprob.models import transformer
+
+    lm = random_lm(0, 3)
+    T = 20  # 1024 // 20 = 51 rows per sub-batch: batch 64 pads to 102 rows, batch 50 is one sub-batch
+    tokens = jnp.asarray(np.random.default_rng(batch).integers(0, V, (batch, T)), jnp.int32)
+    chunked = jax.jit(lambda lm, t: lm.module.teacher_forced_logits(t))(lm, tokens)
+    whole = jax.jit(lambda lm, t: lm.module(t))(lm, tokens)
+    assert transformer._CPU_CHUNK_TOKENS // T == 51
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=0, atol=1e-5)
