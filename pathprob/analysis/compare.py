@@ -1,0 +1,434 @@
+"""Comparing the path distributions after several prompts: entropy, coverage, divergences, narrowing.
+
+``compare(lm, prompts, max_new)`` measures, per prompt, the path entropy, the
+effective number of paths exp(H), how many paths cover 50/90/99% of the mass,
+the top paths and (optionally) a set's mass; between prompts, the Jensen-Shannon
+divergence, both KLs and the *narrowing test*; against a ``truth`` model, the
+same per-prompt numbers for the truth and KL(truth || model) per prompt.
+
+Exact rows come from one batched enumeration of all prompts (``paths/many.py``).
+With pruning (``min_prob``) every exact number carries a proven bound:
+
+- entropy: ``[listed + r log(1/r) terms, listed + r log(V^k / r) terms]`` (``entropy_from_table``);
+- coverage counts: the listed paths are exactly the paths above ``min_prob``, hence the
+  true most probable ones; when they do not reach a level, the count is a lower bound;
+- divergences: the outcomes are the union L of both listings (each path scored exactly
+  under both sides) plus one lumped outcome "not in L". A divergence of this coarser
+  pair of distributions is a proven *lower* bound on the true one (data-processing
+  inequality, for KL and JS alike); JS also gets an upper bound, each lumped path adding
+  at most (p + q)/2 · log 2. With complete listings (no remainder) they are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from pathprob.errors import BudgetExceededError, PathprobError
+from pathprob.models.base import LanguageModel, encode_prompt
+from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget
+from pathprob.paths.intervals import Moments, clip, normal_interval
+from pathprob.paths.many import check_budget_each, enumerate_many
+from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
+from pathprob.paths.montecarlo import kl
+from pathprob.paths.results import Estimate, PathTable
+from pathprob.paths.sample import as_key, check_compatible, sample
+from pathprob.paths.score import score
+from pathprob.paths.sets import PathSet, as_path_set
+
+METHODS = ("auto", "exact", "mc")
+LEVELS = (0.5, 0.9, 0.99)
+NARROWING_P = (0.9, 0.99)
+TOP = 5
+MAX_PROBS = 1000
+LOG2 = math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptStats:
+    """One prompt's path distribution.
+
+    ``coverage[str(level)]`` = ``{"n": paths needed or None, "bound": "exact" | "at_least"
+    | "at_most" | "unknown"}`` (exact listings give exact counts or lower bounds; Monte-Carlo
+    rows count distinct sampled paths, an upper bound when they reach the level).
+    ``top``: ``[(text, p)]``, most probable first. ``remaining``: the unlisted mass (exact rows).
+    ``probs``: the probabilities of the (up to ``MAX_PROBS``) most probable listed or sampled
+    paths, decreasing (for coverage curves).
+    """
+
+    prompt: str
+    method: str
+    entropy: Estimate
+    effective_paths: tuple[float, float, float]  # exp(H): value, lower, upper
+    coverage: dict
+    top: list
+    set_mass: Estimate | None = None
+    remaining: float | None = None
+    reason: str = ""
+    probs: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "method": self.method, "entropy": self.entropy.to_dict(),
+                "effective_paths": dict(zip(("value", "lower", "upper"), self.effective_paths)),
+                "coverage": self.coverage, "top": [{"text": t, "p": p} for t, p in self.top],
+                "set_mass": None if self.set_mass is None else self.set_mass.to_dict(),
+                "remaining": self.remaining, "reason": self.reason, "probs": self.probs}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairStats:
+    """Prompts ``a`` (shorter context) and ``b`` (longer), by index: divergences and the narrowing test.
+
+    ``narrowing[str(p)]``: the mass of b's distribution inside the top-p support of a's
+    (smallest set of a's most probable paths covering p), an Estimate with proven bounds;
+    None when a's distribution was not enumerated.
+    """
+
+    a: int
+    b: int
+    js: Estimate
+    kl_ab: Estimate
+    kl_ba: Estimate
+    narrowing: dict
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "js": self.js.to_dict(), "kl_ab": self.kl_ab.to_dict(),
+                "kl_ba": self.kl_ba.to_dict(),
+                "narrowing": {p: None if e is None else e.to_dict() for p, e in self.narrowing.items()}}
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Comparison:
+    """The result of ``compare``: per-prompt rows, pairwise rows, and the truth's rows and KL(truth || model)."""
+
+    prompts: list
+    max_new: int
+    rows: list
+    pairs: list
+    truth_rows: list | None = None
+    kl_truth_model: list | None = None
+    pathset: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "max_new": self.max_new, "pathset": self.pathset, "seconds": self.seconds,
+                "rows": [r.to_dict() for r in self.rows], "pairs": [p.to_dict() for p in self.pairs],
+                "truth_rows": None if self.truth_rows is None else [r.to_dict() for r in self.truth_rows],
+                "kl_truth_model": None if self.kl_truth_model is None else [e.to_dict() for e in self.kl_truth_model]}
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __repr__(self) -> str:
+        lines = [f"Comparison({len(self.prompts)} prompts, max_new={self.max_new})",
+                 f"  {'#':>2} {'method':6} {'H (nats)':>24} {'exp(H)':>9} {'n50':>6} {'n90':>6} {'n99':>6}  top path"]
+        for i, row in enumerate(self.rows):
+            lines.append(f"  {i:>2} {row.method:6} {format_estimate(row.entropy):>24} {row.effective_paths[0]:9.4g} "
+                         + " ".join(f"{format_count(row.coverage[str(q)]):>6}" for q in LEVELS)
+                         + (f"  {row.top[0][0]!r} {row.top[0][1]:.3g}" if row.top else ""))
+        for pair in self.pairs:
+            narrow = next(iter(pair.narrowing.values()), None)
+            lines.append(f"  {pair.a}->{pair.b}: JS {format_estimate(pair.js)}, KL(a||b) {format_estimate(pair.kl_ab)}, "
+                         f"KL(b||a) {format_estimate(pair.kl_ba)}"
+                         + ("" if narrow is None else f", P_b(top-{next(iter(pair.narrowing))} of a) {format_estimate(narrow)}"))
+        for i, est in enumerate(self.kl_truth_model or []):
+            lines.append(f"  {i:>2} KL(truth || model) {format_estimate(est)}")
+        return "\n".join(lines)
+
+
+def format_estimate(est: Estimate) -> str:
+    """``value`` when exact, else ``value [lower, upper]``."""
+    if est.exact or est.lower == est.upper:
+        return f"{est.value:.6g}"
+    return f"{est.value:.4g} [{est.lower:.4g}, {est.upper:.4g}]"
+
+
+def format_count(entry: dict) -> str:
+    n, bound = entry["n"], entry["bound"]
+    if n is None:
+        return "?"
+    return {"exact": f"{n}", "at_least": f">{n - 1}", "at_most": f"<={n}"}.get(bound, "?")
+
+
+# --- per prompt ------------------------------------------------------------------------------------
+
+
+def coverage_exact(table: PathTable) -> dict:
+    """Paths needed to cover each level, from a listing of every path above its ``min_prob``."""
+    cumulative = np.cumsum(table.probs)
+    total = _total(cumulative, table)
+    out = {}
+    for level in LEVELS:
+        reached = np.nonzero(cumulative >= level * total)[0]
+        out[str(level)] = ({"n": int(reached[0]) + 1, "bound": "exact"} if reached.size
+                           else {"n": len(table) + 1, "bound": "at_least"})
+    return out
+
+
+def _total(cumulative: np.ndarray, table: PathTable) -> float:
+    """Listed + certified remainder (the remainder is exactly 0 when nothing was pruned, whatever the rounding)."""
+    return (float(cumulative[-1]) if cumulative.size else 0.0) + math.exp(table.log_remaining)
+
+
+def _exact_row(prompt: str, table: PathTable, pathset: PathSet | None) -> PromptStats:
+    lower, upper = entropy_from_table(table)
+    est = Estimate(value=0.5 * (lower + upper), lower=lower, upper=upper, method="exact", exact=lower == upper,
+                   seconds=table.stats["seconds"], details={"nodes": table.stats["nodes"], "listed_paths": len(table)})
+    set_est = None
+    if pathset is not None:
+        lo, hi = set_mass_from_table(table, pathset)
+        set_est = Estimate(value=0.5 * (lo + hi), lower=lo, upper=hi, method="exact", exact=lo == hi)
+    top = list(zip(table.texts(with_eos=True)[:TOP], table.probs[:TOP].tolist()))
+    return PromptStats(prompt=prompt, method="exact", entropy=est,
+                       effective_paths=(math.exp(est.value), math.exp(lower), math.exp(upper)),
+                       coverage=coverage_exact(table), top=top, set_mass=set_est, remaining=table.remaining,
+                       probs=table.probs[:MAX_PROBS].tolist())
+
+
+def _mc_row(lm, prompt: str, max_new: int, pathset: PathSet | None, n: int, key, reason: str) -> PromptStats:
+    est = entropy(lm, prompt, max_new, method="mc", n=n, key=jax.random.fold_in(key, 0))
+    drawn = sample(lm, prompt, min(n, 1024), max_new, key=jax.random.fold_in(key, 1))
+    distinct = sorted(drawn.counts(), key=lambda e: -e[2])  # by exact probability
+    probs = np.exp([lp for _, _, lp in distinct])
+    cumulative = np.cumsum(probs)
+    coverage = {}
+    for level in LEVELS:
+        reached = np.nonzero(cumulative >= level)[0]
+        coverage[str(level)] = ({"n": int(reached[0]) + 1, "bound": "at_most"} if reached.size
+                                else {"n": None, "bound": "unknown"})
+    decode = lambda path: lm.tokenizer.decode(list(path))
+    top = [(decode(path), float(math.exp(lp))) for path, _, lp in distinct[:TOP]]
+    set_est = None
+    if pathset is not None:
+        set_est = mass(lm, prompt, pathset, max_new, method="mc", n=n, key=jax.random.fold_in(key, 2))
+    return PromptStats(prompt=prompt, method="mc", entropy=est,
+                       effective_paths=(math.exp(est.value), math.exp(est.lower), math.exp(est.upper)),
+                       coverage=coverage, top=top, set_mass=set_est, reason=reason,
+                       probs=probs[:MAX_PROBS].tolist())
+
+
+def _plan(lm, prompts, max_new, method, min_prob, chunk, budget) -> list[str]:
+    """'exact' or the reason for Monte Carlo, per prompt (all prompts share the same a-priori bound)."""
+    if method == "mc":
+        return ["method mc requested"] * len(prompts)
+    try:
+        check_budget_each(lm, max_new, min_prob=min_prob, chunk=chunk, budget=budget)
+        return ["exact"] * len(prompts)
+    except BudgetExceededError as exc:
+        if method == "exact":
+            raise
+        return [f"not enumerable within the budget ({exc})"] * len(prompts)
+
+
+def _rows(lm, prompts, max_new, pathset, method, min_prob, chunk, budget, n, key) -> tuple[list, list]:
+    """Per-prompt rows and the tables behind the exact ones (None for Monte-Carlo rows)."""
+    plan = _plan(lm, prompts, max_new, method, min_prob, chunk, budget)
+    exact = [i for i, p in enumerate(plan) if p == "exact"]
+    tables: list = [None] * len(prompts)
+    if exact:
+        try:
+            for i, table in zip(exact, enumerate_many(lm, [prompts[i] for i in exact], max_new, min_prob=min_prob,
+                                                      chunk=chunk, budget=budget)):
+                tables[i] = table
+        except BudgetExceededError as exc:
+            if method == "exact":
+                raise
+            plan = [f"the batched enumeration ran over the budget ({exc})"] * len(prompts)
+            tables = [None] * len(prompts)
+    rows = [_exact_row(p, t, pathset) if t is not None else
+            _mc_row(lm, p, max_new, pathset, n, jax.random.fold_in(key, i), plan[i])
+            for i, (p, t) in enumerate(zip(prompts, tables))]
+    return rows, tables
+
+
+# --- between two distributions ---------------------------------------------------------------------
+
+
+def _as_paths(table: PathTable) -> dict:
+    return {tuple(row[:m].tolist()): float(lp) for row, m, lp in zip(table.tokens, table.lengths, table.logp)}
+
+
+def divergences_exact(lm_a: LanguageModel, prompt_a, table_a: PathTable,
+                      lm_b: LanguageModel, prompt_b, table_b: PathTable) -> dict:
+    """KL(a || b), KL(b || a) and JS(a, b) from two enumerations (proven bounds; see the module docstring).
+
+    Paths listed on one side only are scored exactly on the other side with ``score``.
+    """
+    listed_a, listed_b = _as_paths(table_a), _as_paths(table_b)
+    union = list(listed_a) + [x for x in listed_b if x not in listed_a]
+    missing_a = [x for x in union if x not in listed_a]
+    missing_b = [x for x in union if x not in listed_b]
+    scored_a = dict(zip(missing_a, score(lm_a, prompt_a, [list(x) for x in missing_a]))) if missing_a else {}
+    scored_b = dict(zip(missing_b, score(lm_b, prompt_b, [list(x) for x in missing_b]))) if missing_b else {}
+    log_a = np.array([listed_a.get(x, scored_a.get(x)) for x in union], np.float64)
+    log_b = np.array([listed_b.get(x, scored_b.get(x)) for x in union], np.float64)
+    complete_a, complete_b = table_a.log_remaining == -math.inf, table_b.log_remaining == -math.inf
+    # The lumped outcome "not in L"; exactly 0 when a listing is complete (not 1 - sum: rounding).
+    rest_a = 0.0 if complete_a else max(0.0, 1.0 - float(np.sum(np.exp(log_a))))
+    rest_b = 0.0 if complete_b else max(0.0, 1.0 - float(np.sum(np.exp(log_b))))
+    log_a = np.append(log_a, math.log(rest_a) if rest_a > 0 else -math.inf)
+    log_b = np.append(log_b, math.log(rest_b) if rest_b > 0 else -math.inf)
+    exact = complete_a and complete_b
+    kl_ab, kl_ba = _kl_terms(log_a, log_b), _kl_terms(log_b, log_a)
+    js_terms = _js_terms(log_a, log_b)
+    js_low = float(np.sum(js_terms))
+    js_high = min(LOG2, float(np.sum(js_terms[:-1])) + 0.5 * (rest_a + rest_b) * LOG2)
+    details = {"paths": len(union), "lumped_a": rest_a, "lumped_b": rest_b,
+               "bound": "exact" if exact else "lower bound (data-processing inequality; remainder lumped)"}
+
+    def kl_est(value):
+        value = max(value, 0.0)
+        return Estimate(value=value, lower=value, upper=value if exact else math.inf, method="exact", exact=exact,
+                        details=details)
+
+    js = Estimate(value=max(js_low, 0.0) if exact else 0.5 * (max(js_low, 0.0) + js_high), lower=max(js_low, 0.0),
+                  upper=max(js_low, 0.0) if exact else js_high, method="exact", exact=exact, details=details)
+    return {"kl_ab": kl_est(kl_ab), "kl_ba": kl_est(kl_ba), "js": js}
+
+
+def _kl_terms(log_p: np.ndarray, log_q: np.ndarray) -> float:
+    """sum p (log p - log q) in float64; terms with p = 0 are 0, and p > 0 = q gives inf."""
+    positive = log_p > -np.inf
+    if np.any(positive & (log_q == -np.inf)):
+        return math.inf
+    return float(np.sum(np.exp(log_p[positive]) * (log_p[positive] - log_q[positive])))
+
+
+def _js_terms(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """Per-outcome JS terms: p/2 log(2p/(p+q)) + q/2 log(2q/(p+q)) (each in [0, (p+q)/2 log 2])."""
+    log_m = np.logaddexp(log_p, log_q) - LOG2
+    with np.errstate(invalid="ignore"):
+        term = lambda lp: np.where(lp > -np.inf, 0.5 * np.exp(lp) * (lp - log_m), 0.0)
+        return term(log_p) + term(log_q)
+
+
+def js_mc(lm_a, prompt_a, lm_b, prompt_b, max_new: int, *, n: int, key, level: float = 0.95) -> Estimate:
+    """JS(a, b) by Monte Carlo: n paths from each side, each scored under both.
+
+    JS = 1/2 E_a[log(2 p_a / (p_a + p_b))] + 1/2 E_b[log(2 p_b / (p_a + p_b))]; the two
+    means are independent, so the normal interval uses var_a/(4n) + var_b/(4n); it is
+    clipped to [0, log 2].
+    """
+    t0 = time.perf_counter()
+    key, seed, _ = as_key(key)
+    means, variances = [], []
+    for side, (lm_x, prompt_x, lm_y, prompt_y) in enumerate([(lm_a, prompt_a, lm_b, prompt_b),
+                                                              (lm_b, prompt_b, lm_a, prompt_a)]):
+        # Draw from x (the proposal), score under y (the target): logq = log p_x, logp = log p_y.
+        drawn = sample(lm_y, prompt_y, n, max_new, key=jax.random.fold_in(key, side), proposal=lm_x,
+                       proposal_prompt=prompt_x)
+        values = Moments()
+        values.add(LOG2 + drawn.logq - np.logaddexp(drawn.logq, drawn.logp))
+        means.append(values.mean)
+        variances.append(values.stderr**2)
+    value = 0.5 * (means[0] + means[1])
+    stderr = 0.5 * math.sqrt(variances[0] + variances[1])
+    lower, upper = clip(normal_interval(value, stderr, level), 0.0, LOG2)
+    return Estimate(value=value, lower=lower, upper=upper, method="mc", n=2 * n, stderr=stderr, ess=float(2 * n),
+                    seconds=time.perf_counter() - t0, level=level, seed=seed,
+                    details={"interval": "normal: two independent means, within [0, log 2]"})
+
+
+def narrowing_exact(table_a: PathTable, lm_b: LanguageModel, prompt_b, p: float,
+                    table_b: PathTable | None = None) -> Estimate:
+    """P_b(top-p support of a): b's mass on the smallest set of a's most probable paths covering p.
+
+    b's probabilities come from ``table_b`` where it lists the path, else from ``score``.
+    When a's listing does not reach p, the support holds unlisted paths too: the
+    listed part gives a proven lower bound and 1 the upper.
+    """
+    coverage = np.cumsum(table_a.probs)
+    reached = np.nonzero(coverage >= p * _total(coverage, table_a))[0]
+    count = int(reached[0]) + 1 if reached.size else len(table_a)
+    support = [tuple(row[:m].tolist()) for row, m in zip(table_a.tokens[:count], table_a.lengths[:count])]
+    known = {} if table_b is None else _as_paths(table_b)
+    missing = [x for x in support if x not in known]
+    if missing:
+        known.update(zip(missing, score(lm_b, prompt_b, [list(x) for x in missing])))
+    inside = float(np.sum(np.exp([known[x] for x in support]))) if support else 0.0
+    inside = min(inside, 1.0)
+    upper = inside if reached.size else 1.0
+    return Estimate(value=inside if reached.size else 0.5 * (inside + upper), lower=inside, upper=upper,
+                    method="exact", exact=bool(reached.size), details={"support_paths": count, "p": p})
+
+
+# --- the entry point -------------------------------------------------------------------------------
+
+
+def compare(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    max_new: int,
+    *,
+    pathset: PathSet | str | None = None,
+    method: str = "auto",
+    truth: LanguageModel | None = None,
+    min_prob: float = 0.0,
+    n: int = 4096,
+    key=0,
+    chunk: int = DEFAULT_CHUNK,
+    budget: Budget = DEFAULT_BUDGET,
+    narrowing_p: Sequence[float] = NARROWING_P,
+) -> Comparison:
+    """Compare the path distributions after ``prompts`` (see the module docstring for every number).
+
+    ``method``: ``exact`` (batched enumeration with ``min_prob``; proven bounds),
+    ``mc`` (``n`` samples per quantity, ``key``), or ``auto``: exact when the budget
+    allows, else Monte Carlo; each row's ``method`` (and ``reason``) says which.
+    Pairs (a, b) are ordered so that a has the shorter prompt. Pairwise numbers are
+    exact only when both rows are. With ``truth`` (a LanguageModel on the same
+    vocabulary): the truth's rows and KL(truth || model) per prompt. ``narrowing_p``:
+    the coverage levels of the narrowing test (default 0.9 and 0.99).
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise PathprobError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    prompts = list(prompts)
+    if not prompts:
+        raise PathprobError("compare needs at least one prompt")
+    for prompt in prompts:
+        encode_prompt(lm, prompt, room=max_new)  # bad characters or too long: one clear error, before any work
+    if truth is not None:
+        check_compatible(lm, truth)
+    key, _, _ = as_key(key)
+    pathset = None if pathset is None else as_path_set(pathset)
+    rows, tables = _rows(lm, prompts, max_new, pathset, method, min_prob, chunk, budget, n, jax.random.fold_in(key, 0))
+    sizes = [len(encode_prompt(lm, p)) for p in prompts]
+    pairs = []
+    for i in range(len(prompts)):
+        for j in range(i + 1, len(prompts)):
+            a, b = (i, j) if sizes[i] <= sizes[j] else (j, i)
+            pair_key = jax.random.fold_in(jax.random.fold_in(key, 1), a * len(prompts) + b)
+            pairs.append(_pair(lm, prompts, tables, a, b, max_new, n, pair_key, tuple(narrowing_p)))
+    truth_rows = kl_truth = None
+    if truth is not None:
+        truth_rows, truth_tables = _rows(truth, prompts, max_new, pathset, method, min_prob, chunk, budget, n,
+                                         jax.random.fold_in(key, 2))
+        kl_truth = []
+        for i, prompt in enumerate(prompts):
+            if tables[i] is not None and truth_tables[i] is not None:
+                kl_truth.append(divergences_exact(truth, prompt, truth_tables[i], lm, prompt, tables[i])["kl_ab"])
+            else:
+                kl_truth.append(kl(truth, prompt, lm, prompt, max_new, method="mc", n=n,
+                                   key=jax.random.fold_in(jax.random.fold_in(key, 3), i)))
+    return Comparison(prompts=prompts, max_new=max_new, rows=rows, pairs=pairs, truth_rows=truth_rows,
+                      kl_truth_model=kl_truth, pathset=None if pathset is None else repr(pathset),
+                      seconds=time.perf_counter() - t0)
+
+
+def _pair(lm, prompts, tables, a: int, b: int, max_new: int, n: int, key, levels: tuple) -> PairStats:
+    if tables[a] is not None and tables[b] is not None:
+        div = divergences_exact(lm, prompts[a], tables[a], lm, prompts[b], tables[b])
+    else:
+        div = {"kl_ab": kl(lm, prompts[a], lm, prompts[b], max_new, method="mc", n=n, key=jax.random.fold_in(key, 0)),
+               "kl_ba": kl(lm, prompts[b], lm, prompts[a], max_new, method="mc", n=n, key=jax.random.fold_in(key, 1)),
+               "js": js_mc(lm, prompts[a], lm, prompts[b], max_new, n=n, key=jax.random.fold_in(key, 2))}
+    narrowing = {str(p): None if tables[a] is None else narrowing_exact(tables[a], lm, prompts[b], p, tables[b])
+                 for p in levels}
+    return PairStats(a=a, b=b, narrowing=narrowing, **div)
