@@ -1,0 +1,421 @@
+"""A self-contained HTML report: text, tables, figures (embedded and beside the page), exact commands.
+
+``Report`` writes one file, ``report.html``, with inline CSS and every figure embedded as a
+``data:`` URI; each figure's PNG and the JSON behind it also sit beside the page, linked by
+relative name. Nothing refers to the network. ``build_report`` fills a report for a model
+spec (checkpoint directory or ``truth:LANGUAGE``) or a run directory, one function per section.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import functools
+import html
+import json
+import math
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pathprob import loading
+from pathprob.analysis.compare import LEVELS, compare, format_count, format_estimate
+from pathprob.analysis.convergence import convergence
+from pathprob.analysis.dynamics import NoProbesError, training_dynamics
+from pathprob.analysis.narrowing import narrowing_curve
+from pathprob.data.languages import get_language
+from pathprob.errors import BudgetExceededError, UnknownSpecError
+from pathprob.files import write_atomic
+from pathprob.paths.enumerate import enumerate_paths
+from pathprob.paths.sets import Regex
+from pathprob.plots import paths as figures
+from pathprob.plots.training import plot_dynamics
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, pre, td.mono { font-family: Menlo, Consolas, monospace; font-size: .88em; }
+pre { background: #f6f6f6; padding: .7em; overflow-x: auto; white-space: pre-wrap; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9em; color: #444; }
+.small { font-size: .85em; color: #666; }
+"""
+
+
+def versions() -> dict:
+    """The versions a result depends on, and when and where it was made."""
+    import flax
+    import jax
+    import numpy
+
+    import pathprob
+
+    return {"pathprob": pathprob.__version__, "jax": jax.__version__, "flax": flax.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+class Report:
+    """An HTML page built block by block; ``write(out_dir)`` writes it as ``out_dir/report.html``.
+
+    All text is escaped. Figures are PNG files (with the JSON of their data beside
+    them, as ``pathprob.plots.style.save`` writes them); a figure outside ``out_dir``
+    is copied into it.
+    """
+
+    def __init__(self, title: str):
+        self.title = title
+        self._blocks: list[tuple[str, object]] = []
+
+    def add_heading(self, text: str) -> None:
+        self._blocks.append(("heading", str(text)))
+
+    def add_text(self, text: str) -> None:
+        self._blocks.append(("text", str(text)))
+
+    def add_table(self, columns: Sequence[str], rows: Sequence[Sequence], caption: str | None = None) -> None:
+        """A table; numbers are right-aligned (floats shown with 6 significant digits)."""
+        for row in rows:
+            if len(row) != len(columns):
+                raise ValueError(f"a table row has {len(row)} cells for {len(columns)} columns: {row!r}")
+        self._blocks.append(("table", (list(columns), [list(row) for row in rows], caption)))
+
+    def add_figure(self, png_path: str | Path, caption: str) -> None:
+        self._blocks.append(("figure", (Path(png_path), str(caption))))
+
+    def add_commands(self, commands: Sequence[str]) -> None:
+        """Exact shell commands (shown verbatim) that reproduce the report's results."""
+        self._blocks.append(("commands", list(commands)))
+
+    def render(self, out_dir: str | Path) -> str:
+        """The page's HTML; figures are read from (and must already be in) ``out_dir``."""
+        out_dir = Path(out_dir)
+        e = html.escape
+        parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                 f"<title>{e(self.title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
+        for kind, content in self._blocks:
+            if kind == "heading":
+                parts.append(f"<h2>{e(content)}</h2>")
+            elif kind == "text":
+                parts.append(f"<p>{e(content)}</p>")
+            elif kind == "table":
+                parts.append(_table_html(*content))
+            elif kind == "figure":
+                parts.append(_figure_html(out_dir / content[0].name, content[1]))
+            elif kind == "commands":
+                parts.append("<pre>" + "\n".join(e(c) for c in content) + "</pre>")
+        parts.append("<h2>Versions</h2>")
+        parts.append(_table_html(["package", "version"], list(versions().items()), None))
+        parts.append("</body></html>\n")
+        return "\n".join(parts)
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write ``out_dir/report.html`` atomically (copying figures from elsewhere into ``out_dir``)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, content in self._blocks:
+            if kind == "figure":
+                _copy_beside(content[0], out_dir)
+        return write_atomic(out_dir / "report.html", self.render(out_dir))
+
+
+def _copy_beside(png: Path, out_dir: Path) -> None:
+    if not png.is_file():
+        raise FileNotFoundError(f"figure {png} does not exist")
+    if png.resolve().parent == out_dir.resolve():
+        return
+    write_atomic(out_dir / png.name, png.read_bytes())
+    data = png.with_suffix(".json")
+    if data.is_file():
+        write_atomic(out_dir / data.name, data.read_bytes())
+
+
+def _cell(value) -> tuple[str, str]:
+    """(HTML class, escaped text) of a table cell."""
+    if isinstance(value, bool) or value is None:
+        return "", html.escape(str(value))
+    if isinstance(value, int):
+        return "num", f"{value:,}"
+    if isinstance(value, float):
+        return "num", "nan" if math.isnan(value) else f"{value:.6g}"
+    return "", html.escape(str(value))
+
+
+def _table_html(columns: list, rows: list, caption: str | None) -> str:
+    out = ["<table>"]
+    if caption:
+        out.append(f"<caption>{html.escape(caption)}</caption>")
+    out.append("<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in columns) + "</tr>")
+    for row in rows:
+        cells = (_cell(v) for v in row)
+        out.append("<tr>" + "".join(f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
+                                    for cls, text in cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _figure_html(png: Path, caption: str) -> str:
+    encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+    links = [f'<a href="{html.escape(png.name)}">PNG</a>']
+    if png.with_suffix(".json").is_file():
+        links.append(f'<a href="{html.escape(png.with_suffix(".json").name)}">data (JSON)</a>')
+    return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)} <span class=\"small\">[{' · '.join(links)}]</span>"
+            f"</figcaption></figure>")
+
+
+# --- the report of a model or a run ----------------------------------------------------------------
+
+SHOTS = (0, 2, 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each section does; ``FAST`` for tests and the demo's fast mode."""
+
+    top: int = 15  # paths in the trees and top-path tables
+    min_prob: float = 1e-5  # enumeration floor for the coverage curves and prefix masses
+    methods: tuple[str, ...] = ("mc", "is", "smc", "swor", "hybrid")
+    ns: tuple[int, ...] = (100, 300, 1000, 3000, 10000)
+    n_prompts: int = 8  # prompts per number of examples (comparison and narrowing sections)
+    seed: int = 0  # Monte-Carlo key
+    prompt_seed: int = 1  # the prompts: the demo's (concepts: a document whose narrowing is gradual)
+
+
+FULL = Sizes()
+FAST = Sizes(top=8, min_prob=1e-3, methods=("mc", "smc", "swor"), ns=(64, 256), n_prompts=2)
+
+
+def build_report(target: str | Path, out_dir: str | Path, *, fast: bool = False) -> Path:
+    """Measure a model (or a run's latest model) and write ``out_dir/report.html``; returns its path.
+
+    ``target`` is a model spec (``truth:LANGUAGE`` or a checkpoint directory) or a
+    run directory (holding ``metrics.jsonl``: the training section is added). For the
+    language's prompts with 0, 2 and 6 examples: the top paths and their prefix
+    tree, coverage curves, estimator convergence on a named path set, the comparison
+    across prompts, the narrowing curve (concepts) and the training dynamics (runs).
+    """
+    target = str(target)
+    if not target.startswith("truth:") and not Path(target).exists():
+        raise UnknownSpecError(f"no such model or run: {target!r} is neither a directory nor truth:LANGUAGE")
+    out_dir = Path(out_dir)
+    sizes = FAST if fast else FULL
+    lm, language, facts = _open(target)
+    max_new = _horizon(language)
+    prompts = {shots: language.prompts(shots, n=1, seed=sizes.prompt_seed)[0] for shots in SHOTS}
+    report = Report(f"pathprob report: {target}")
+    report.add_text(
+        f"The model as a distribution over paths: the token sequences of up to {max_new} tokens that follow a "
+        f"prompt (ending at EOS inclusive). Language {language.name!r}; prompts with {', '.join(map(str, SHOTS))} "
+        f"in-context examples. {'Fast mode (small sizes). ' if fast else ''}Probabilities are exact unless an "
+        "interval is given.")
+    model_section(report, facts)
+    tables = top_paths_section(report, lm, prompts, max_new, out_dir, sizes)
+    coverage_section(report, tables, out_dir)
+    converged = convergence_section(report, lm, language, prompts[SHOTS[1]], max_new, out_dir, sizes)
+    truth = None if target.startswith("truth:") else language.truth()
+    comparison_section(report, lm, "truth" if target.startswith("truth:") else "model", prompts, max_new, truth,
+                        sizes)
+    narrowing_section(report, lm, language, max_new, truth, out_dir, sizes)
+    run_dir = Path(target) if not target.startswith("truth:") and (Path(target) / "metrics.jsonl").is_file() else None
+    if run_dir is not None:
+        training_section(report, run_dir, out_dir)
+    commands_section(report, target, out_dir, fast, prompts, max_new, sizes,
+                     None if converged is None else converged["pattern"])
+    return report.write(out_dir)
+
+
+def _open(target: str):
+    """(model, language, facts about the model) for a spec or a run directory."""
+    if target.startswith("truth:"):
+        lm = loading.open_model(target)
+        return lm, get_language(target.removeprefix("truth:")), {"model": target, "kind": "exact truth"}
+    lm, meta = loading.load_checkpoint(loading.checkpoint_dir(Path(target)))
+    facts = {"model": target, "kind": "transformer", "language": meta["language"], "step": meta["step"],
+             "parameters": loading.parameter_count(lm), "eval loss (nats/token)": meta.get("eval_loss"),
+             "truth eval loss (nats/token)": meta.get("truth_eval_loss"), "seed": meta.get("seed")}
+    return lm, get_language(meta["language"]), facts
+
+
+def _horizon(language) -> int:
+    """Path length: the next example and its separator (arith: the answer, ';' and the next statement)."""
+    if hasattr(language, "example_len"):
+        return language.example_len + 1
+    if language.name == "arith":
+        from pathprob.data.arith import STATEMENT_LEN
+
+        return STATEMENT_LEN + 2
+    return 8
+
+
+def model_section(report: Report, facts: dict) -> None:
+    report.add_heading("Model")
+    report.add_table(["field", "value"], [[key, value] for key, value in facts.items()])
+
+
+def top_paths_section(report: Report, lm, prompts: dict, max_new: int, out_dir: Path, sizes: Sizes) -> dict:
+    """The most probable paths and their prefix tree for each prompt; returns the enumerations."""
+    report.add_heading("Most probable paths")
+    report.add_text(f"Every path with probability at least {sizes.min_prob:g} is enumerated exactly; the rest is the "
+                    "certified remainder. Tree edges are as wide as the probability of the prefix they lead to "
+                    "(summed over all enumerated paths).")
+    tables = {}
+    for shots, prompt in prompts.items():
+        table = enumerate_paths(lm, prompt, max_new, min_prob=sizes.min_prob)
+        tables[shots] = table
+        shown = table.top(sizes.top)
+        rows, cumulative = [], 0.0
+        for i, (text, lp) in enumerate(zip(shown.texts(with_eos=True), shown.logp), 1):
+            cumulative += math.exp(lp)
+            rows.append([i, text, math.exp(lp), float(lp), cumulative])
+        report.add_table(["#", "path", "p", "log p (nats)", "cumulative p"], rows,
+                         caption=f"{shots} examples: prompt {prompt!r}; {len(table):,} paths listed, "
+                                 f"remainder {table.remaining:.3g}")
+        png = figures.path_tree(table, out_dir / f"tree_{shots}.png", top=sizes.top, prompt=prompt,
+                        title=f"{shots} in-context examples: top {min(sizes.top, len(table))} paths")
+        report.add_figure(png, f"Prefix tree of the top paths after {prompt!r} ({shots} examples).")
+    return tables
+
+
+def coverage_section(report: Report, tables: dict, out_dir: Path) -> None:
+    report.add_heading("Coverage")
+    curves = {f"{shots} examples": table.probs.tolist() for shots, table in tables.items()}
+    png = figures.coverage_curves(curves, out_dir / "coverage.png")
+    rows = [[label, *[_or_dash(figures.paths_needed(probs, g)) for g in figures.GUIDES]]
+            for label, probs in curves.items()]
+    report.add_table(["prompt", "paths for 50%", "paths for 90%", "paths for 99%"], rows,
+                     caption="How many of the most probable paths carry each share of the mass ('-': not reached "
+                             "above the enumeration floor).")
+    report.add_figure(png, "Cumulative probability of the n most probable paths.")
+
+
+def _or_dash(value):
+    return "-" if value is None else value
+
+
+def convergence_section(report: Report, lm, language, prompt: str, max_new: int, out_dir: Path,
+                        sizes: Sizes) -> dict | None:
+    """Each Monte-Carlo method at growing n against the exact mass of a named set; returns the figure's data
+    (with ``set`` and ``pattern``), or None when the language names no set."""
+    names = [name for name in language.path_set_names if name != "any"]
+    if not names:
+        return None
+    pattern = language.path_set(names[0], prompt)
+    run = functools.partial(convergence, lm, prompt, Regex(pattern), max_new, methods=sizes.methods, ns=sizes.ns,
+                            key=sizes.seed)
+    try:
+        data = run()
+    except BudgetExceededError:  # checked before any work: fall back to proven bounds above the floor
+        data = run(min_prob=sizes.min_prob)
+    report.add_heading("Estimator convergence")
+    report.add_text(f"P(set {names[0]!r} = {pattern!r}) after {prompt!r}: the exact value "
+                    f"{data['exact']['value']:.6g} and each Monte-Carlo method's estimate with its "
+                    f"{100 * data['level']:g}% interval, at each sample size (independent random keys).")
+    rows = [[method, n, value, lower, upper, seconds]
+            for method, s in data["series"].items()
+            for n, value, lower, upper, seconds in zip(s["n"], s["value"], s["lower"], s["upper"], s["seconds"])]
+    report.add_table(["method", "n", "estimate", "lower", "upper", "seconds"], rows)
+    png = figures.convergence(data, out_dir / "convergence.png")
+    report.add_figure(png, f"Estimates of P({names[0]!r}) against the number of samples; the line is the exact value.")
+    return data | {"set": names[0], "pattern": pattern}
+
+
+def comparison_section(report: Report, lm, label: str, prompts: dict, max_new: int, truth, sizes: Sizes) -> None:
+    """Entropy, coverage and divergences across the prompts (``pathprob.analysis.compare``); ``label`` names ``lm``."""
+    shots = list(prompts)
+    result = compare(lm, list(prompts.values()), max_new, truth=truth, min_prob=sizes.min_prob, key=sizes.seed,
+                     n=max(sizes.ns))
+    report.add_heading("Comparison across prompts")
+    report.add_text("Path entropy H (nats) with its bounds or interval, the effective number of paths exp(H), and "
+                    "how many paths carry 50/90/99% of the mass ('>=': a lower bound, the listing stops at the "
+                    "enumeration floor).")
+
+    def rows_of(stats, who: str) -> list:
+        return [[f"{k} examples", who, row.method, format_estimate(row.entropy), row.effective_paths[0],
+                 *[format_count(row.coverage[str(level)]) for level in LEVELS],
+                 f"{row.top[0][0]!r} ({row.top[0][1]:.3g})" if row.top else "-"]
+                for k, row in zip(shots, stats)]
+
+    rows = rows_of(result.rows, label) + rows_of(result.truth_rows or [], "truth")
+    report.add_table(["prompt", "distribution", "method", "H (nats)", "exp(H)", "n50", "n90", "n99", "top path"], rows)
+    if result.kl_truth_model:
+        report.add_table(["prompt", "KL(truth || model) (nats)"],
+                         [[f"{k} examples", format_estimate(est)] for k, est in zip(shots, result.kl_truth_model)])
+    pair_rows = [[f"{shots[pair.a]} -> {shots[pair.b]} examples", format_estimate(pair.js), format_estimate(pair.kl_ab),
+                  format_estimate(pair.kl_ba),
+                  *[("-" if est is None else format_estimate(est)) for est in pair.narrowing.values()]]
+                 for pair in result.pairs]
+    if result.pairs:
+        levels = [f"P_b(top {p} of a)" for p in result.pairs[0].narrowing]
+        report.add_table(["a -> b", "JS (nats)", "KL(a || b) (nats)", "KL(b || a) (nats)", *levels], pair_rows,
+                         caption="Between prompts: the narrowing test is the mass b puts on the smallest set of "
+                                 "a's most probable paths covering p.")
+
+
+def narrowing_section(report: Report, lm, language, max_new: int, truth, out_dir: Path, sizes: Sizes,
+                      shots: Sequence[int] = SHOTS):
+    """Entropy vs number of examples, model vs truth, and the truth's posterior (``pathprob.analysis.narrowing``);
+    returns the ``NarrowingCurve`` (None for a language without latent concepts)."""
+    if not hasattr(language, "sample_concepts"):  # narrowing needs a latent concept to be right about
+        return None
+    curve = narrowing_curve(None if truth is None else lm, language, shots, sizes.n_prompts, max_new, sizes.seed,
+                            truth, min_prob=sizes.min_prob)
+    data = curve.to_dict()
+    report.add_heading("In-context narrowing")
+    report.add_text(f"Mean over {curve.n_prompts} prompts per number of examples, with {100 * curve.level:g}% "
+                    "intervals; the lower panel is the truth's posterior probability of the concept that "
+                    "generated the prompt.")
+    who = (["model"] if curve.model_mean is not None else []) + ["truth"]
+    rows = [[int(k), *[f"{data[f'{w}_mean'][i]:.4f} [{data[f'{w}_lower'][i]:.4f}, {data[f'{w}_upper'][i]:.4f}]"
+                       for w in who], data["posterior_mean"][i]] for i, k in enumerate(data["k"])]
+    report.add_table(["examples", *[f"H {w} (nats)" for w in who], "P(true concept)"], rows)
+    png = figures.narrowing_curve(data, out_dir / "narrowing.png")
+    report.add_figure(png, "Entropy of the next example against the number of in-context examples, and the "
+                           "truth's posterior probability of the true concept.")
+    return curve
+
+
+def training_section(report: Report, run_dir: Path, out_dir: Path, name: str = "dynamics"):
+    """The run's metrics, and the training-dynamics panel (``pathprob.analysis.dynamics``) when it has probes,
+    written as ``out_dir/name.png``; returns the ``Dynamics`` (None without probes)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    report.add_heading(f"Training: {run_dir}")
+    steps = [r for r in records if "loss" in r]
+    if steps:
+        keys = [k for k in ("step", "loss", "eval_loss", "truth_eval_loss", "tokens_per_s") if k in steps[-1]]
+        chosen = [steps[0], steps[len(steps) // 2], steps[-1]] if len(steps) > 2 else steps
+        report.add_table(keys, [[r.get(k) for k in keys] for r in chosen], caption=f"{len(steps)} logged steps")
+    try:
+        dynamics = training_dynamics(run_dir)
+    except NoProbesError as exc:
+        report.add_text(f"No training-dynamics panel: {exc}.")
+        return None
+    png = plot_dynamics(dynamics.to_dict(), out_dir / f"{name}.png")
+    report.add_figure(png, f"Training dynamics over {len(dynamics.steps)} probed steps: set masses, path entropy "
+                           "against the truth's, KL(truth || model), and tracked paths.")
+    return dynamics
+
+
+def commands_section(report: Report, target: str, out_dir: Path, fast: bool, prompts: dict, max_new: int,
+                      sizes: Sizes, pattern: str | None) -> None:
+    q = shlex.quote
+    commands = [f"pathprob report {q(target)} --out {q(str(out_dir))}" + (" --fast" if fast else "")]
+    commands += [f"pathprob enumerate {q(target)} --prompt {q(prompts[s])} --max-new {max_new} "
+                 f"--min-prob {sizes.min_prob:g}" for s in SHOTS]
+    if pattern is not None:
+        commands.append(f"pathprob mass {q(target)} --prompt {q(prompts[SHOTS[1]])} --max-new {max_new} "
+                        f"--regex {q(pattern)}")
+    report.add_heading("Reproduce")
+    report.add_text("The whole report (the first command), and each exact result on its own. Python "
+                    f"{sys.version.split()[0]}.")
+    report.add_commands(commands)
