@@ -69,8 +69,7 @@ class Block(nnx.Module):
         """The attention write into the residual stream ([B, T, D], after ``proj``) and k, v as [B, H, T, Dh]."""
         B, T, D = x_BTD.shape
         q, k, v = self.qkv_heads(x_BTD, pos_BT)
-        q = q * (1.0 / math.sqrt(self.cfg.head_dim))  # scale the [T, Dh] queries, not the [T, T] scores
-        scores_BHTT = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32)
+        scores_BHTT = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / math.sqrt(self.cfg.head_dim)
         causal_TT = jnp.tril(jnp.ones((T, T), bool))
         weights = jax.nn.softmax(jnp.where(causal_TT, scores_BHTT, _NEG), axis=-1).astype(v.dtype)
         attn_BTD = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(B, T, D)
@@ -164,11 +163,11 @@ class Transformer(nnx.Module):
         new_k, new_v = [], []
         for block, pk, pv, sk, sv in zip(self.blocks, prompt_k, prompt_v, suffix_k, suffix_v):
             q, k, v = block.qkv_heads(x_B1D, pos_B[:, None])
-            q_BHd = q[:, 0] * scale
+            q_BHd = q[:, 0]
             sk = write(sk, k[:, 0].astype(sk.dtype), length_B)
             sv = write(sv, v[:, 0].astype(sv.dtype), length_B)
-            s_prompt = jnp.einsum("bhd,hpd->bhp", q_BHd, pk).astype(jnp.float32)
-            s_suffix = jnp.einsum("bhd,bhcd->bhc", q_BHd, sk).astype(jnp.float32)
+            s_prompt = jnp.einsum("bhd,hpd->bhp", q_BHd, pk).astype(jnp.float32) * scale
+            s_suffix = jnp.einsum("bhd,bhcd->bhc", q_BHd, sk).astype(jnp.float32) * scale
             s_suffix = jnp.where(visible_BC[:, None, :], s_suffix, _NEG)
             w = jax.nn.softmax(jnp.concatenate([s_prompt, s_suffix], axis=-1), axis=-1).astype(pv.dtype)
             P = pk.shape[1]
