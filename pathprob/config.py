@@ -26,6 +26,12 @@ def _one_of(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{type(obj).__name__}.{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+def _str_tuple(obj: Any, name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{type(obj).__name__}.{name} must be a sequence of strings, got {value!r}")
+    return tuple(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A decoder-only Transformer (pre-LayerNorm, GELU MLP, causal attention)."""
@@ -87,8 +93,26 @@ class TrainConfig:
     positional: Literal["learned", "rope"] = "learned"
     tie_embeddings: bool = True
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # Probes of the path distribution during training (pathprob.analysis.probes); 0 = off.
+    # Empty prompts / None sets / max_new 0 take the language's defaults (probes.probe_spec).
+    probe_every: int = 0
+    probe_prompts: tuple[str, ...] = ()
+    probe_sets: tuple[str, ...] | None = None  # path-set names of the language, or regexes
+    probe_max_new: int = 0
+    probe_min_prob: float = 1e-4
+    probe_track: int = 8
 
     def __post_init__(self):
+        # JSON stores tuples as lists: take either, keep tuples (hashable, comparable).
+        object.__setattr__(self, "probe_prompts", _str_tuple(self, "probe_prompts", self.probe_prompts))
+        if self.probe_sets is not None:
+            object.__setattr__(self, "probe_sets", _str_tuple(self, "probe_sets", self.probe_sets))
+        for name in ("probe_every", "probe_max_new", "probe_track"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
+        if not 0.0 <= self.probe_min_prob < 1.0:
+            raise ConfigError(f"TrainConfig.probe_min_prob must be in [0, 1), got {self.probe_min_prob!r}")
         _positive(self, "steps", "batch_size", "warmup_steps", "log_every", "eval_every", "save_every",
                   "keep", "eval_docs", "max_nonfinite")
         for name in ("learning_rate", "grad_clip"):
@@ -109,10 +133,12 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-shaped fields (tuples as lists), so a stored and a requested config compare equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, fields: dict) -> TrainConfig:
+        """Missing fields (configs stored by older versions) take their defaults."""
         return cls(**fields)
 
     def to_json(self) -> str:

@@ -134,14 +134,19 @@ def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None =
     with Checkpoints(out / "checkpoints", keep=cfg.keep) as ckpts:
         start = ckpts.latest_step() or 0
         if start:
-            stored = ckpts.load_meta(step=start)["train_config"]
+            # Fields a stored config lacks (older versions) had their defaults.
+            stored = TrainConfig().to_dict() | ckpts.load_meta(step=start)["train_config"]
             diff = config_diff(stored, cfg.to_dict())
             if diff:
                 raise CheckpointError(f"cannot resume {out}: the config differs from the stored one ({'; '.join(diff)})")
             restored = ckpts.load({"params": params, "opt_state": opt_state}, step=start)
             params, opt_state = restored["params"], restored["opt_state"]
         metrics_path = out / "metrics.jsonl"
-        _truncate_metrics(metrics_path, start)
+        _truncate_metrics(metrics_path, start if start else -1)  # from scratch: the step-0 probe too
+        prober = _Probes(cfg, language, truth, graphdef, model_cfg) if cfg.probe_every else None
+        if prober is not None and start == 0:
+            # The run-level probe facts and the probe of the initial parameters, as step 0.
+            _append(metrics_path, {"step": 0, "probe_setup": prober.setup(), "probe": prober(params)})
 
         eval_loss = float(eval_loss_fn(params, eval_docs)) if start else float("nan")
         show = progress if progress is not None else os.isatty(2)
@@ -161,7 +166,8 @@ def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None =
                 saving = (step % cfg.save_every == 0 or step == cfg.steps) and skipped == 0
                 if step % cfg.eval_every == 0 or step == cfg.steps or saving:
                     eval_loss = float(eval_loss_fn(params, eval_docs))
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                probing = prober is not None and (step % cfg.probe_every == 0 or step == cfg.steps)
+                if step % cfg.log_every == 0 or step == cfg.steps or probing:
                     loss = float(stats["loss"])
                     now = time.perf_counter()
                     record = {
@@ -169,9 +175,10 @@ def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None =
                         "lr": _schedule_value(cfg, step - 1), "grad_norm": float(stats["grad_norm"]),
                         "tokens_per_s": tokens_seen / max(now - t0, 1e-9), "wall_s": now - wall0,
                     }
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    t0, tokens_seen = now, 0
+                    if probing:
+                        record["probe"] = prober(params)
+                    _append(metrics_path, record)
+                    t0, tokens_seen = time.perf_counter(), 0  # probe time is not training throughput
                 if saving:
                     meta = _meta(cfg, model_cfg, language, step) | {"eval_loss": eval_loss, "truth_eval_loss": truth_loss}
                     ckpts.save(step, {"params": params, "opt_state": opt_state}, meta)
@@ -179,8 +186,35 @@ def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None =
     return TrainResult(out=out, step=last, eval_loss=eval_loss, truth_eval_loss=truth_loss)
 
 
+class _Probes:
+    """The run's Prober (truth side computed once) applied to the current parameters."""
+
+    def __init__(self, cfg: TrainConfig, language, truth, graphdef, model_cfg):
+        from pathprob.analysis.probes import make_prober  # analysis sits above training
+
+        self.prober = make_prober(cfg, language, truth=truth)
+        self.graphdef, self.model_cfg, self.tokenizer = graphdef, model_cfg, language.tokenizer
+
+    def setup(self) -> dict:
+        return self.prober.setup()
+
+    def __call__(self, params) -> dict:
+        # Parameters are a pytree argument of the engine's jitted functions: no recompilation per probe.
+        return self.prober(TransformerLM(params=params, graphdef=self.graphdef, config=self.model_cfg,
+                                         tokenizer=self.tokenizer))
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (they belong to work lost since the checkpoint)."""
+    """Drop metric lines after ``step`` (they belong to work lost since the checkpoint).
+
+    Probe records are metric lines with a ``probe`` field (step 0: also ``probe_setup``), so they
+    are truncated with the rest and recomputed identically on resume.
+    """
     if not path.exists():
         return
     lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
