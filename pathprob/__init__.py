@@ -2,6 +2,12 @@
 
 __version__ = "0.1.0"
 
+from pathprob.analysis.ablate import Ablation, ablate
+from pathprob.analysis.compare import Comparison, compare
+from pathprob.analysis.concept_test import ConceptTest, concept_test
+from pathprob.analysis.dynamics import Dynamics, training_dynamics
+from pathprob.analysis.narrowing import NarrowingCurve, narrowing_curve
+from pathprob.analysis.walk import Geometry, Walk, geometry, walk
 from pathprob.config import ModelConfig, TrainConfig
 from pathprob.data.languages import get_language
 from pathprob.data.tokenizer import Tokenizer
@@ -17,6 +23,7 @@ from pathprob.loading import describe_model, open_model
 from pathprob.models.base import LanguageModel, State
 from pathprob.models.transformer import Transformer, TransformerLM
 from pathprob.paths.enumerate import Budget, enumerate_paths, top_k
+from pathprob.paths.many import enumerate_many
 from pathprob.paths.measure import entropy, mass
 from pathprob.paths.montecarlo import kl
 from pathprob.paths.sample import Samples, sample
@@ -26,6 +33,8 @@ from pathprob.paths.sets import PathSet, Predicate, Regex
 from pathprob.training import train
 
 __all__ = [
+    "Ablation", "Comparison", "ConceptTest", "Dynamics", "Geometry", "NarrowingCurve", "Walk", "ablate", "compare",
+    "concept_test", "enumerate_many", "geometry", "narrowing_curve", "training_dynamics", "walk",
     "Budget", "Estimate", "Samples", "kl", "sample", "PathSet", "PathTable", "Predicate", "Regex", "entropy", "enumerate_paths", "mass", "top_k",
     "BadPromptError", "BudgetExceededError", "CheckpointError", "LanguageModel", "ModelConfig", "PathprobError",
     "State", "Tokenizer", "TrainConfig", "TrainingError", "Transformer", "TransformerLM", "UnknownSpecError",

@@ -71,12 +71,20 @@ def train(
     keep: Annotated[int, typer.Option(min=1, help="Checkpoints to keep.")] = 2,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,
+    probe_every: Annotated[int, typer.Option(min=0, help="Probe the path distribution every N steps (0: off).")] = 0,
+    probe_prompt: Annotated[Optional[list[str]], typer.Option(help="Probe prompt; repeat (default: the language's).")] = None,
+    probe_set: Annotated[Optional[list[str]], typer.Option(help="Probed path set: a set name or regex; repeat.")] = None,
+    probe_max_new: Annotated[int, typer.Option(min=0, help="Probe path length (0: one example).")] = 0,
+    probe_min_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probe enumeration pruning.")] = 1e-4,
 ):
     """Train a Transformer on a language (resumes from OUT if it holds checkpoints)."""
     cfg = pp.TrainConfig(
         language=language, out=str(out_dir), steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, positional=positional,
         save_every=save_every, eval_every=eval_every, log_every=log_every, keep=keep, seed=seed,
+        probe_every=probe_every, probe_prompts=tuple(probe_prompt or ()),
+        probe_sets=None if probe_set is None else tuple(probe_set), probe_max_new=probe_max_new,
+        probe_min_prob=probe_min_prob,
     )
     result = pp.train(cfg, progress=progress)
     truth = "" if result.truth_eval_loss is None else f", truth {result.truth_eval_loss:.4f}"
@@ -317,13 +325,248 @@ def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
 
 
 @command
-def demo(
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Directory holding the shipped models.")] = None,
+def report(
+    target: Annotated[str, typer.Argument(help="A run directory (adds training), a checkpoint dir, or truth:LANGUAGE.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, its figures and their data.")],
+    fast: Annotated[bool, typer.Option("--fast", help="Smaller sizes (for tests and a quick look).")] = False,
+    json_out: JsonOut = None,
 ):
-    """The main job on the embedded defaults: in-context narrowing, model vs truth."""
+    """Write a self-contained HTML report (top paths, trees, coverage, estimator convergence) and print its path."""
+    from pathprob.report import build_report
+
+    page = build_report(target, out_dir, fast=fast)
+    if _emit_json(json_out, {"report": str(page)}) and str(json_out) == "-":
+        return
+    print(page)
+
+
+@command
+def walk(spec: Spec, prompt: Prompt,
+         continuation: Annotated[Optional[str], typer.Option(help="Decoding path (default: greedy).")] = None,
+         max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Greedy steps at most.")] = 8,
+         plot: Annotated[Optional[Path], typer.Option(help="PCA walk figure (PNG); the logit lens goes to *_lens.png.")] = None,
+         json_out: JsonOut = None):
+    """The encoding and decoding walks through embedding space, with the logit lens per layer."""
+    from pathprob.analysis.walk import walk as walk_fn
+
+    result = walk_fn(pp.open_model(spec), prompt, continuation, max_steps=max_steps)
+    if plot is not None:
+        from pathprob.plots.embedding import lens_figure, walk_figure
+
+        err.print(f"wrote {walk_figure([result], plot)} and "
+                  f"{lens_figure(result, plot.with_name(plot.stem + '_lens' + (plot.suffix or '.png')))}")
+    if _emit_json(json_out, result.to_dict()) and str(json_out) == "-":
+        return
+    table = Table("step", "token", "entropy by layer (nats)", "KL to final", "rank by layer", "nearest (dot: p)",
+                  "ρ(log p, cos)", title=repr(result), title_justify="left")
+    for s in range(result.n_steps):
+        near = " ".join(f"{result.tokens[int(v)]}:{p:.3f}" for v, p in zip(result.nearest_dot_SK[s], result.p_dot_SK[s]))
+        table.add_row(str(s), repr(result.tokens[int(result.path[s])]),
+                      " ".join(f"{x:.3f}" for x in result.lens_entropy_SN[s]),
+                      " ".join(f"{x:.3f}" for x in result.lens_kl_SN[s]),
+                      " ".join(str(int(x)) for x in result.lens_rank_SN[s]), near, f"{result.spearman_cos_S[s]:.3f}")
+    out.print(table)
+    share = result.attn_norm_N / (result.attn_norm_N + result.mlp_norm_N)
+    out.print("attention / MLP write norms by layer: " + ", ".join(
+        f"{a:.3f} / {m:.3f} (attention {s:.0%})" for a, m, s in zip(result.attn_norm_N, result.mlp_norm_N, share)))
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PathprobError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+@command(name="concept-test")
+def concept_test(spec: Spec,
+                 k: Annotated[str, typer.Option("--k", help="In-context examples, comma-separated.")] = "0,5",
+                 items: Annotated[int, typer.Option(min=2, help="Multiple-choice items per k.")] = 256,
+                 bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
+                 seed: Seed = 0,
+                 plot: Annotated[Optional[Path], typer.Option(help="Bar chart (PNG) of chance-corrected scores.")] = None,
+                 json_out: JsonOut = None):
+    """Singh's concept-space tests (aggregated-context generation, concept similarity) on the concepts language."""
+    from pathprob.analysis.concept_test import concept_test as run_test
+
+    result = run_test(pp.open_model(spec), ks=_int_list(k, "--k"), n_items=items, bootstrap=bootstrap, seed=seed)
+    if plot is not None:
+        from pathprob.plots.embedding import concept_figure
+
+        err.print(f"wrote {concept_figure(result, plot)}")
+    if _emit_json(json_out, result.to_dict()) and str(json_out) == "-":
+        return
+    table = Table("k", "condition", "accuracy", "÷ base", "chance-corrected", title=f"{items} items per k; "
+                  f"{100 * result.level:g}% bootstrap intervals; chance 0.25", title_justify="left")
+    for r in result.rows:
+        ci = lambda v, c: f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]"
+        table.add_row(str(r.k), r.label, ci(r.accuracy, r.accuracy_ci), ci(r.normalized, r.normalized_ci),
+                      ci(r.chance_corrected, r.chance_corrected_ci))
+    out.print(table)
+
+
+@command
+def ablate(spec: Spec,
+           mode: Annotated[str, typer.Option(help="uniform, cluster, none, or model (the identity)")] = "uniform",
+           layer: Annotated[Optional[list[int]], typer.Option(help="Layer to ablate; repeat for several (default: all).")] = None,
+           language: Annotated[Optional[str], typer.Option(help="Language of the eval documents and probes.")] = None,
+           docs: Annotated[int, typer.Option("--docs", min=1, help="Eval documents.")] = 256,
+           max_new: MaxNew = 6, min_prob: MinProb = 1e-4, json_out: JsonOut = None):
+    """Replace attention and report the change in eval loss and KL(original || ablated) over paths."""
+    from pathprob.analysis.ablate import ablate as run_ablation
+
+    result = run_ablation(pp.open_model(spec), mode, layers=layer or None, language=language, n_docs=docs,
+                          max_new=max_new, min_prob=min_prob)
+    if _emit_json(json_out, result.to_dict()) and str(json_out) == "-":
+        return
+    out.print(f"{mode} attention in layers {list(result.layers)}: eval loss {result.loss:.4f} -> "
+              f"{result.loss_ablated:.4f} nats/token ({result.loss_change:+.4f}) on {result.docs} documents")
+    table = Table("prompt", "KL(original || ablated) nats", "paths listed", "unlisted mass (orig / ablated)",
+                  title=f"paths of up to {max_new} tokens; KL is a lower bound unless exact", title_justify="left")
+    for p, kl_value, exact, n, a, b in zip(result.prompts, result.kl, result.kl_exact, result.paths, result.rest_p,
+                                            result.rest_q):
+        table.add_row(repr(p), f"{kl_value:.4f}" + (" (exact)" if exact else ""), f"{n:,}", f"{a:.2e} / {b:.2e}")
+    out.print(table)
+
+
+@command
+def dynamics(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory (metrics.jsonl, checkpoints/).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write dynamics.png/.json (default: RUN_DIR).")] = None,
+    from_checkpoints: Annotated[bool, typer.Option("--from-checkpoints", help="Recompute the probes from the kept checkpoints.")] = False,
+    json_out: JsonOut = None,
+):
+    """Training dynamics of the path distribution: set mass, entropy vs truth, KL, tracked paths over steps."""
+    from pathprob.analysis.dynamics import summary_rows, training_dynamics
+    from pathprob.plots.training import plot_dynamics
+
+    with _Progress("checkpoints", 0) as progress:
+        result = training_dynamics(run_dir, from_checkpoints=from_checkpoints,
+                                   on_step=lambda step: progress.update(0, f"step {step}"))
+    png = plot_dynamics(result.to_dict(), (out_dir or run_dir) / "dynamics.png")
+    if _emit_json(json_out, result.to_dict()) and str(json_out) == "-":
+        return
+    table = Table("prompt", "H first", "H last", "H truth", "KL first", "KL last", "set mass last",
+                  title=f"{len(result.records)} probes of {run_dir} ({result.source}), steps {result.steps[0]}-{result.steps[-1]}",
+                  title_justify="left")
+    for row in summary_rows(result):
+        masses = ", ".join(f"{k} [{v[0]:.4g}, {v[1]:.4g}]" for k, v in row["mass_last"].items() if v is not None)
+        table.add_row(repr(row["prompt"]), f"{row['entropy_first']:.4f}", f"{row['entropy_last']:.4f}",
+                      "" if row["entropy_truth"] is None else f"{row['entropy_truth']:.4f}",
+                      f"{row['kl_first']:.4g}", f"{row['kl_last']:.4g}", masses)
+    out.print(table)
+    out.print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def _interval_text(est: pp.Estimate) -> str:
+    from pathprob.analysis.compare import format_estimate
+
+    return format_estimate(est)
+
+
+@command
+def compare(
+    spec: Spec,
+    prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text; repeat for several (at least one).")],
+    max_new: MaxNew,
+    truth: Annotated[Optional[str], typer.Option(help="Second model spec to compare with (e.g. truth:concepts).")] = None,
+    regex: Annotated[Optional[str], typer.Option("--set", help="Full-match regex: report the set's mass.")] = None,
+    method: Annotated[str, typer.Option(help="auto, exact or mc")] = "auto",
+    min_prob: MinProb = 0.0, n: Samples = 4096, seed: Seed = 0,
+    json_out: JsonOut = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the coverage figure (PNG + JSON).")] = None,
+):
+    """Compare the path distributions after several prompts: entropy, coverage, top paths, JS/KL, narrowing."""
+    from pathprob.analysis.compare import LEVELS, compare as compare_prompts, format_count
+
+    lm = pp.open_model(spec)
+    result = compare_prompts(lm, prompt, max_new, pathset=None if regex is None else pp.Regex(regex), method=method,
+                             truth=None if truth is None else pp.open_model(truth), min_prob=min_prob, n=n, key=seed)
+    if plot is not None:
+        from pathprob.plots.paths import coverage_curves
+
+        curves = {f"{i}: {row.prompt[-24:]!r} ({row.method})": row.probs for i, row in enumerate(result.rows)}
+        err.print(f"wrote {coverage_curves(curves, plot)}")
+    if _emit_json(json_out, result.to_dict()) and str(json_out) == "-":
+        return
+    for title, rows in (("model", result.rows), ("truth", result.truth_rows)):
+        if rows is None:
+            continue
+        table = Table("#", "prompt", "H (nats)", "exp(H)", *(f"n{round(100 * q)}" for q in LEVELS), "top path",
+                      "set mass", "method", title=f"{title}: paths of up to {max_new} tokens", title_justify="left")
+        for i, row in enumerate(rows):
+            top = f"{row.top[0][0]!r} {row.top[0][1]:.3g}" if row.top else ""
+            table.add_row(str(i), repr(row.prompt), _interval_text(row.entropy), f"{row.effective_paths[0]:.4g}",
+                          *(format_count(row.coverage[str(q)]) for q in LEVELS), top,
+                          "" if row.set_mass is None else _interval_text(row.set_mass), row.method)
+        out.print(table)
+    if result.pairs:
+        levels = list(result.pairs[0].narrowing)
+        table = Table("a", "b", "JS (nats)", "KL(a||b)", "KL(b||a)", *(f"P_b(top-{p} of a)" for p in levels),
+                      title="pairs (a = shorter prompt)", title_justify="left")
+        for pair in result.pairs:
+            table.add_row(str(pair.a), str(pair.b), _interval_text(pair.js), _interval_text(pair.kl_ab),
+                          _interval_text(pair.kl_ba),
+                          *("n/a" if e is None else _interval_text(e) for e in pair.narrowing.values()))
+        out.print(table)
+    if result.kl_truth_model is not None:
+        out.print("KL(truth || model) per prompt: " + ", ".join(_interval_text(e) for e in result.kl_truth_model))
+    reasons = {row.reason for row in result.rows if row.reason}
+    for reason in reasons:
+        out.print(f"Monte Carlo because: {reason}")
+
+
+@command
+def narrow(
+    spec: Spec,
+    language: Annotated[str, typer.Option(help="A language with latent concepts (concepts).")] = "concepts",
+    n_prompts: Annotated[int, typer.Option("--n-prompts", min=2, help="Prompts (documents) per point.")] = 64,
+    k: Annotated[str, typer.Option("--k", help="Numbers of in-context examples, comma-separated.")] = "0,1,2,4,8",
+    method: Annotated[str, typer.Option(help="auto, exact or mc")] = "auto",
+    min_prob: MinProb = 1e-4, seed: Seed = 0, json_out: JsonOut = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the narrowing figure (PNG + JSON).")] = None,
+):
+    """The in-context narrowing curve: entropy of the next example vs the number of examples, model vs truth."""
+    from pathprob.analysis.narrowing import narrowing_curve
+
+    try:
+        ks = [int(part) for part in k.split(",") if part.strip()]
+    except ValueError:
+        raise PathprobError(f"--k must be comma-separated integers, got {k!r}") from None
+    lm = pp.open_model(spec)
+    curve = narrowing_curve(lm, pp.get_language(language), ks, n_prompts, key=seed, method=method, min_prob=min_prob)
+    if plot is not None:
+        from pathprob.plots.paths import narrowing_curve as draw
+
+        err.print(f"wrote {draw(curve.to_dict(), plot)}")
+    if _emit_json(json_out, curve.to_dict()) and str(json_out) == "-":
+        return
+    table = Table("k", "model H (nats)", "truth H (nats)", "P(true concept)", "method (model/truth)",
+                  title=f"narrowing over {curve.n_prompts} prompts ({100 * curve.level:g}% intervals over prompts)",
+                  title_justify="left")
+    for i, kk in enumerate(curve.k):
+        model = "" if curve.model_mean is None else \
+            f"{curve.model_mean[i]:.4f} [{curve.model_lower[i]:.4f}, {curve.model_upper[i]:.4f}]"
+        methods = "/".join(curve.methods[name][i] for name in ("model", "truth") if name in curve.methods)
+        table.add_row(str(kk), model, f"{curve.truth_mean[i]:.4f} [{curve.truth_lower[i]:.4f}, {curve.truth_upper[i]:.4f}]",
+                      f"{curve.posterior_mean[i]:.4f}", methods)
+    out.print(table)
+
+
+@command
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, its figures and data.")] = Path("pathprob-demo"),
+    checkpoints: Annotated[Optional[Path], typer.Option(help="Directory holding the shipped models.")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Small sizes: the same steps in seconds (for tests).")] = False,
+    train: Annotated[bool, typer.Option("--train", help="Retrain both models from scratch into OUT/runs first.")] = False,
+    json_out: JsonOut = None,
+):
+    """The main job on the embedded defaults: narrowing, exact vs Monte Carlo, arith answers, training dynamics."""
     from pathprob.demo import run_demo
 
-    run_demo(out, checkpoints)
+    summary = run_demo(err if json_out is not None and str(json_out) == "-" else out, checkpoints, out_dir=out_dir,
+                       fast=fast, train=train)
+    _emit_json(json_out, summary)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -2,8 +2,12 @@
 
     python scripts/make_checkpoints.py [--only concepts|arith] [--out checkpoints]
 
-Each run keeps only its final checkpoint (keep=1) and its metrics.jsonl. The
-printed summary (eval loss vs the truth's cross-entropy, wall time) is recorded
+Each run keeps only its final checkpoint (keep=1) and its metrics.jsonl, which holds
+the probe records (every 100 steps and step 0: path entropy, set mass, tracked paths,
+KL to the truth, for the language's default probe prompts) shown by ``pathprob dynamics``.
+Probes use no randomness and do not touch the parameters, so the runs train exactly as
+without them. The configs are ``pathprob.demo.SHIPPED_RUNS`` (``pathprob demo --train`` retrains the
+same runs). The printed summary (eval loss vs the truth's cross-entropy, wall time) is recorded
 in docs/checkpoints.md.
 """
 
@@ -16,22 +20,15 @@ import time
 from pathlib import Path
 
 import pathprob as pp
-
-RUNS = {
-    "concepts": dict(language="concepts", steps=2000, batch_size=64, learning_rate=3e-3, warmup_steps=100,
-                     save_every=2000, eval_every=250, log_every=50, keep=1, seed=0),
-    "arith": dict(language="arith", steps=1500, batch_size=64, learning_rate=3e-3, warmup_steps=100,
-                  save_every=1500, eval_every=250, log_every=50, keep=1, seed=0),
-}
-
+from pathprob.demo import SHIPPED_RUNS
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--only", choices=sorted(SHIPPED_RUNS))
     parser.add_argument("--out", type=Path, default=Path("checkpoints"))
     args = parser.parse_args()
     summary = {}
-    for name, fields in RUNS.items():
+    for name, fields in SHIPPED_RUNS.items():
         if args.only and name != args.only:
             continue
         out = args.out / name

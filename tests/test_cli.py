@@ -87,18 +87,6 @@ def test_bad_inputs(run_dir, tmp_path):
     assert_one_line_error(result, "d_model: 16 -> 32")
 
 
-def test_demo_runs_on_the_shipped_checkpoints():
-    result = invoke("demo")
-    assert result.exit_code == 0, result.output
-    for shots in (0, 2, 6):
-        assert f"{shots} in-context examples" in result.output
-    assert result.output.count("entropy of the next example") == 3
-
-
-def test_demo_without_checkpoints_says_where_it_looked(tmp_path):
-    assert_one_line_error(invoke("demo", "--checkpoints", tmp_path), "no shipped checkpoints")
-
-
 def test_monte_carlo_commands():
     result = invoke("sample", "truth:arith", "--prompt", "^1+2=", "--max-new", 2, "-n", 64, "--seed", 3)
     assert result.exit_code == 0, result.output

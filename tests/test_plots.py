@@ -194,7 +194,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
         report.add_table(["a", "b"], [[1]])
 
 
-def test_reporttraining_section_reads_metrics(tmp_path):
+def test_report_training_section_reads_metrics(tmp_path):
     from pathprob.report import training_section
 
     run = tmp_path / "run"
