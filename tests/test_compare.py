@@ -8,12 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import pathprob as pp
 from pathprob.analysis.compare import compare, divergences_exact, js_mc, narrowing_exact
 from pathprob.analysis.narrowing import mean_interval, narrowing_curve
-from pathprob.cli import app
 from pathprob.config import ModelConfig
 from pathprob.data.tokenizer import Tokenizer
 from pathprob.models.transformer import TransformerLM, init_transformer
@@ -21,6 +19,7 @@ from pathprob.paths import frontier, many
 from pathprob.paths.enumerate import Budget
 from pathprob.paths.intervals import t_quantile
 from pathprob.paths.many import enumerate_many
+from test_cli import assert_one_line_error, invoke
 
 TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
 CFG = ModelConfig(vocab_size=6, max_len=16, d_model=16, n_layers=1, n_heads=2, d_ff=32)  # small: compiles fast
@@ -266,21 +265,6 @@ def test_mean_interval_equal_bounds_is_the_t_interval_and_bounds_widen_it():
 
 
 # --- command line ----------------------------------------------------------------------------------
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
 
 def test_cli_compare_and_narrow(tmp_path):
     result = invoke("compare", "truth:concepts", "--prompt", "^abcde;", "--prompt", "^", "--max-new", 3,

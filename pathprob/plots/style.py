@@ -27,9 +27,9 @@ RC = {
 
 
 def figure(*, nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.2), **kwargs):
-    """A new figure and its axes under the project's defaults."""
+    """A new figure and its axes under the project's defaults (constrained layout: no overlapping labels)."""
     with plt.rc_context(RC):
-        return plt.subplots(nrows, ncols, figsize=size, **kwargs)
+        return plt.subplots(nrows, ncols, figsize=size, **{"layout": "constrained", **kwargs})
 
 
 def save(fig, path: str | Path, data: dict) -> Path:
