@@ -16,9 +16,22 @@ up to ``max_new`` tokens of the *current* parameters, with the exact engine:
   bound* on the path KL by the data-processing inequality (``kl_exact`` says which).
 
 Everything on the truth's side is computed once, in ``Prober.__init__``; a probe only runs the
-model. The engine's jitted functions take the model as an argument (parameters are pytree
-leaves), so every probe reuses the shapes compiled by the first one. Probes use no randomness
-and never touch the parameters: a run with probes trains exactly like one without.
+model. Probes use no randomness and never touch the parameters: a run with probes trains
+exactly like one without.
+
+Cost. The engine's jitted functions take the model as an argument (parameters are pytree
+leaves), so programs compile once per shape; a probe keeps the shapes few and stable:
+
+- all prompts are enumerated in one batched trie walk (``enumerate_many``) with a fixed
+  ``prompt_room`` (the longest probe prompt), so prompts of any length share one program set
+  (when the batch exceeds the memory budget, e.g. near-uniform initial parameters, the prompts
+  are walked one at a time with the same ``prompt_room``);
+- the truth's listed paths (the KL and tracked paths) are scored under the model by walking
+  their trie (fixed per run) from each prompt's shared cache with the engine's ``start`` and
+  ``expand``: every proper prefix is evaluated once (teacher-forcing every path evaluates a
+  shared prefix once per path), and every level and every probe runs in the same shapes, so
+  it compiles at the first probe only. Per-token log-probabilities are float32 from the
+  model's ``start``/``advance``, summed on the host in float64, as ``score`` does.
 """
 
 from __future__ import annotations
@@ -28,15 +41,16 @@ import math
 import time
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from pathprob.config import TrainConfig
-from pathprob.errors import PathprobError
+from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
-from pathprob.paths.enumerate import enumerate_paths
+from pathprob.paths import frontier
+from pathprob.paths.many import enumerate_many
 from pathprob.paths.measure import entropy_from_table, set_mass_from_table
 from pathprob.paths.results import PathTable, log1mexp, logsumexp64
-from pathprob.paths.score import score
 from pathprob.paths.sets import PathSet, Regex
 
 DEFAULT_SHOTS = (0, 2, 6)  # in-context examples of the default probe prompts (as in the demo)
@@ -135,6 +149,79 @@ class _TruthSide:
     summary: dict
 
 
+TRIE_CHUNK = 256  # paths per expansion in the truth-trie walk (fixed: one shape per prompt and run)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trie:
+    """The truth's listed paths after one prompt as a trie, fixed per run, scored under a model by walking it.
+
+    ``levels[d]`` = (paths, node, token, parent, child_token): the paths longer than ``d``, the
+    index of each one's length-``d`` prefix among the level-``d`` nodes (level 0: the prompt), its
+    token ``d``, and the level-``d + 1`` nodes to expand: (parent at level ``d``, token) of the
+    prefixes of length ``d + 1`` that some path goes on from, in trie order. Every proper prefix is
+    evaluated once (teacher-forcing each path evaluates a shared prefix once per path), and every
+    level runs in the same shapes (``chunk`` paths per call into a pool of ``capacity``), so the
+    walk compiles at the first probe only.
+    """
+
+    levels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    n_paths: int
+    chunk: int
+    capacity: int
+
+    @classmethod
+    def build(cls, paths: Sequence[Sequence[int]], max_new: int) -> "_Trie":
+        lengths = np.asarray([len(r) for r in paths], np.int64)
+        tokens = np.full((len(paths), max_new), -1, np.int64)
+        for i, row in enumerate(paths):
+            tokens[i, : len(row)] = row
+        node, levels = np.zeros(len(paths), np.int64), []
+        for d in range(max_new):
+            at = np.nonzero(lengths > d)[0]
+            if at.size == 0:
+                break
+            go = at[lengths[at] > d + 1]
+            pairs, inverse = np.unique(np.stack([node[go], tokens[go, d]], axis=1).reshape(-1, 2), axis=0,
+                                       return_inverse=True)
+            levels.append((at, node[at], tokens[at, d], pairs[:, 0], pairs[:, 1]))
+            node = np.full(len(paths), -1, np.int64)
+            node[go] = inverse.reshape(-1)
+        widest = max([lv[3].size for lv in levels] + [1])
+        chunk = min(TRIE_CHUNK, frontier.bucket(widest, 8))
+        return cls(levels=levels, n_paths=len(paths), chunk=chunk, capacity=frontier.bucket(widest, chunk))
+
+    def score(self, lm: LanguageModel, prompt_P: np.ndarray, max_new: int) -> np.ndarray:
+        """float64[N]: log P(path | prompt) under ``lm`` of every path (as ``score``: float32 per token, float64 sums)."""
+        pool, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
+        next_logprobs = np.asarray(logprobs_1V, np.float64)
+        logp = np.zeros(self.n_paths, np.float64)
+        for depth, (at, node, token, parent, child_token) in enumerate(self.levels):
+            logp[at] += next_logprobs[node, token]
+            if parent.size == 0:
+                break
+            keep = self.levels[depth + 1][3].size > 0  # the next level expands from this pool
+            pool, next_logprobs = self._expand(lm, pool, parent, child_token, keep=keep)
+        return logp
+
+    def _expand(self, lm: LanguageModel, pool, parent: np.ndarray, token: np.ndarray, keep: bool):
+        """``frontier.expand_children`` in fixed shapes (full chunks, one pool capacity); ``keep``: build the new pool."""
+        n, c = parent.size, self.chunk
+        rows = -(-n // c) * c
+        parent_n, token_n = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
+        parent_n[:n], token_n[:n] = parent, token
+        new_pool, pending = None, []
+        for lo in range(0, n, c):
+            child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_n[lo : lo + c]),
+                                                 jnp.asarray(token_n[lo : lo + c]))
+            if keep:
+                if new_pool is None:
+                    new_pool = frontier.empty_pool(child, self.capacity)
+                new_pool = new_pool.replace(paths=frontier.write(new_pool.paths, child.paths, jnp.int32(lo)))
+            pending.append(logprobs_cV)
+        return new_pool, np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)
+
+
 class Prober:
     """Computes probe records for ``spec`` on any model of ``language`` (see the module docstring).
 
@@ -151,10 +238,31 @@ class Prober:
         self.sets = {name: [_resolve_set(language, name, p) for p in spec.prompts] for name in spec.sets}
         self._pathsets = {name: [None if r is None else Regex(r) for r in regexes]
                           for name, regexes in self.sets.items()}
-        self._truth = [self._truth_side(i, p) for i, p in enumerate(spec.prompts)] if self.truth else None
+        self._room: int | None = None  # prompt_room: the longest prompt's tokens after the first
+        self._truth, self._tries = None, None
+        if self.truth:
+            tables = self._enumerate(self.truth, self.spec.truth_min_prob)
+            self._truth = [self._truth_side(i, table) for i, table in enumerate(tables)]
+            self._tries = [_Trie.build(t.paths, spec.max_new) for t in self._truth]
 
-    def _truth_side(self, i: int, prompt: str) -> _TruthSide:
-        table = enumerate_paths(self.truth, prompt, self.spec.max_new, min_prob=self.spec.truth_min_prob)
+    def _encoded(self, lm: LanguageModel) -> list[np.ndarray]:
+        encoded = [encode_prompt(lm, p, room=self.spec.max_new) for p in self.spec.prompts]
+        if self._room is None:
+            self._room = max(len(ids) for ids in encoded) - 1
+        return encoded
+
+    def _enumerate(self, lm: LanguageModel, min_prob: float) -> list[PathTable]:
+        """``enumerate_paths`` of every prompt: one batched walk, or one walk per prompt beyond the budget."""
+        encoded = self._encoded(lm)
+        kwargs = dict(min_prob=min_prob, chunk=self.spec.chunk, prompt_room=self._room)
+        try:
+            return enumerate_many(lm, encoded, self.spec.max_new, **kwargs)
+        except BudgetExceededError:
+            if len(encoded) == 1:
+                raise
+            return [enumerate_many(lm, [ids], self.spec.max_new, **kwargs)[0] for ids in encoded]
+
+    def _truth_side(self, i: int, table: PathTable) -> _TruthSide:
         lower, upper = entropy_from_table(table)
         tracked = table.top(self.spec.track)
         summary = {
@@ -182,14 +290,16 @@ class Prober:
         """One probe of ``lm`` (JSON-able): ``{"prompts": [per-prompt dict, ...], "seconds": s}``."""
         t0 = time.perf_counter()
         rows = []
-        for i, prompt in enumerate(self.spec.prompts):
-            table = enumerate_paths(lm, prompt, self.spec.max_new, min_prob=self.spec.min_prob, chunk=self.spec.chunk)
+        tables = self._enumerate(lm, self.spec.min_prob)
+        if self._tries is not None:
+            scores = [trie.score(lm, ids, self.spec.max_new) for trie, ids in zip(self._tries, self._encoded(lm))]
+        for i, table in enumerate(tables):
             lower, upper = entropy_from_table(table)
             row = {"entropy": 0.5 * (lower + upper), "entropy_lower": lower, "entropy_upper": upper,
                    "mass": self._masses(table, i), "nodes": int(table.stats["nodes"])}
             if self._truth is not None:
                 truth = self._truth[i]
-                logp_model = score(lm, encode_prompt(lm, prompt), truth.paths)
+                logp_model = scores[i]
                 row["tracked_logp"] = logp_model[: self.spec.track].tolist()
                 row["kl"] = kl_over_paths(truth.logp, logp_model, truth.log_remaining)
             rows.append(row)
