@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 import pathprob as pp
+from pathprob.analysis.compare import format_estimate
 from pathprob.errors import PathprobError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
@@ -458,12 +459,6 @@ def dynamics(
     out.print(f"wrote {png} and {png.with_suffix('.json')}")
 
 
-def _interval_text(est: pp.Estimate) -> str:
-    from pathprob.analysis.compare import format_estimate
-
-    return format_estimate(est)
-
-
 @command
 def compare(
     spec: Spec,
@@ -496,21 +491,21 @@ def compare(
                       "set mass", "method", title=f"{title}: paths of up to {max_new} tokens", title_justify="left")
         for i, row in enumerate(rows):
             top = f"{row.top[0][0]!r} {row.top[0][1]:.3g}" if row.top else ""
-            table.add_row(str(i), repr(row.prompt), _interval_text(row.entropy), f"{row.effective_paths[0]:.4g}",
+            table.add_row(str(i), repr(row.prompt), format_estimate(row.entropy), f"{row.effective_paths[0]:.4g}",
                           *(format_count(row.coverage[str(q)]) for q in LEVELS), top,
-                          "" if row.set_mass is None else _interval_text(row.set_mass), row.method)
+                          "" if row.set_mass is None else format_estimate(row.set_mass), row.method)
         out.print(table)
     if result.pairs:
         levels = list(result.pairs[0].narrowing)
         table = Table("a", "b", "JS (nats)", "KL(a||b)", "KL(b||a)", *(f"P_b(top-{p} of a)" for p in levels),
                       title="pairs (a = shorter prompt)", title_justify="left")
         for pair in result.pairs:
-            table.add_row(str(pair.a), str(pair.b), _interval_text(pair.js), _interval_text(pair.kl_ab),
-                          _interval_text(pair.kl_ba),
-                          *("n/a" if e is None else _interval_text(e) for e in pair.narrowing.values()))
+            table.add_row(str(pair.a), str(pair.b), format_estimate(pair.js), format_estimate(pair.kl_ab),
+                          format_estimate(pair.kl_ba),
+                          *("n/a" if e is None else format_estimate(e) for e in pair.narrowing.values()))
         out.print(table)
     if result.kl_truth_model is not None:
-        out.print("KL(truth || model) per prompt: " + ", ".join(_interval_text(e) for e in result.kl_truth_model))
+        out.print("KL(truth || model) per prompt: " + ", ".join(format_estimate(e) for e in result.kl_truth_model))
     reasons = {row.reason for row in result.rows if row.reason}
     for reason in reasons:
         out.print(f"Monte Carlo because: {reason}")
@@ -529,10 +524,7 @@ def narrow(
     """The in-context narrowing curve: entropy of the next example vs the number of examples, model vs truth."""
     from pathprob.analysis.narrowing import narrowing_curve
 
-    try:
-        ks = [int(part) for part in k.split(",") if part.strip()]
-    except ValueError:
-        raise PathprobError(f"--k must be comma-separated integers, got {k!r}") from None
+    ks = _int_list(k, "--k")
     lm = pp.open_model(spec)
     curve = narrowing_curve(lm, pp.get_language(language), ks, n_prompts, key=seed, method=method, min_prob=min_prob)
     if plot is not None:

@@ -2,10 +2,11 @@
 
 Variants run interleaved (a b c a b c ...) in one process and the median over
 rounds is reported, with ratios, because absolute times on shared machines move
-by 20-30% from minute to minute. The float32 matmul peak is measured in the same
-run (best of numpy and jax.jit(jnp.dot) on square matrices).
+by 20-30% from minute to minute. The float32 matmul peak (best of numpy and
+jax.jit(jnp.dot) on square matrices) is sampled in every round, right before the
+teacher-forced run, and each round's fraction of peak uses its own sample.
 
-    python scripts/bench_model.py [--rounds 5] [--batch 1024] [--quick]
+    python scripts/bench_model.py [--rounds 5] [--batch 1024] [--sizes 128,512] [--teacher-forced-only] [--quick]
 """
 
 from __future__ import annotations
@@ -92,17 +93,23 @@ def make_variants(lm: TransformerLM, prompt_P: np.ndarray, batch: int, new: int)
     }
 
 
-def bench(cfg: ModelConfig, *, batch: int, prompt: int, new: int, rounds: int, peak: float,
-          naive_rounds: int | None = None) -> dict:
+def bench(cfg: ModelConfig, *, batch: int, prompt: int, new: int, rounds: int, peak_n: int,
+          naive_rounds: int | None = None, only_teacher_forced: bool = False) -> dict:
     tokenizer = Tokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
     lm = TransformerLM.from_module(init_transformer(cfg, 0), tokenizer)
     prompt_P = np.random.default_rng(0).integers(0, VOCAB, prompt).astype(np.int32)
     variants = make_variants(lm, prompt_P, batch, new)
+    if only_teacher_forced:
+        variants = {"teacher_forced": variants["teacher_forced"]}
     key = jax.random.key(0)
     for run in variants.values():  # compile
         jax.block_until_ready(run(key))
     times = {name: [] for name in variants}
+    peaks = []
     for r in range(rounds):
+        # The shared host's matmul rate moves from minute to minute: sample it right before the
+        # teacher-forced run of every round, so each round's fraction compares like with like.
+        peaks.append(matmul_peak(peak_n))
         for name, run in variants.items():
             if name == "naive_decode" and naive_rounds is not None and r >= naive_rounds:
                 continue  # the naive loop is ~30x slower: fewer rounds keep the script under 15 minutes
@@ -111,19 +118,21 @@ def bench(cfg: ModelConfig, *, batch: int, prompt: int, new: int, rounds: int, p
             times[name].append(time.perf_counter() - t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     T = prompt + new
-    tf_gflops = batch * T * forward_flops_per_token(cfg, T) / med["teacher_forced"] / 1e9
-    return {
+    flops = batch * T * forward_flops_per_token(cfg, T)
+    fractions = [flops / t / 1e9 / peak for t, peak in zip(times["teacher_forced"], peaks)]
+    row = {
         "d_model": cfg.d_model, "n_layers": cfg.n_layers, "batch": batch, "prompt": prompt, "new": new,
-        "tokens_per_s": {
-            "teacher_forced": batch * T / med["teacher_forced"],
-            "kv_cache_decode": batch * new / med["kv_cache_decode"],
-            "naive_decode": batch * new / med["naive_decode"],
-        },
+        "tokens_per_s": {"teacher_forced": batch * T / med["teacher_forced"]},
         "seconds": med,
-        "kv_over_naive": med["naive_decode"] / med["kv_cache_decode"],
-        "teacher_forced_gflops": tf_gflops,
-        "teacher_forced_fraction_of_peak": tf_gflops / peak,
+        "teacher_forced_gflops": flops / med["teacher_forced"] / 1e9,
+        "matmul_peaks_gflops": peaks,
+        "teacher_forced_fraction_of_peak": statistics.median(fractions),
     }
+    if not only_teacher_forced:
+        row["tokens_per_s"] |= {"kv_cache_decode": batch * new / med["kv_cache_decode"],
+                                "naive_decode": batch * new / med["naive_decode"]}
+        row["kv_over_naive"] = med["naive_decode"] / med["kv_cache_decode"]
+    return row
 
 
 def main() -> None:
@@ -136,6 +145,7 @@ def main() -> None:
                         help="rounds of the naive loop at d_model 512 (each takes minutes)")
     parser.add_argument("--sizes", help="comma-separated d_model values to run (default: 128,512)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    parser.add_argument("--teacher-forced-only", action="store_true", help="only the teacher-forced scoring row")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sizes = [(128, 2, 512), (512, 4, 2048)]
@@ -143,32 +153,30 @@ def main() -> None:
         args.batch, args.rounds, args.new, sizes = 16, 1, 4, [(32, 1, 64)]
     if args.sizes:
         sizes = [size for size in sizes if str(size[0]) in args.sizes.split(",")]
-    peak = matmul_peak(256 if args.quick else 2048)
+    peak_n = 256 if args.quick else 2048
     rows = []
     for d_model, n_layers, d_ff in sizes:
         cfg = ModelConfig(vocab_size=VOCAB, max_len=args.prompt + args.new, d_model=d_model, n_layers=n_layers,
                           n_heads=max(d_model // 64, 2), d_ff=d_ff)
-        rows.append(bench(cfg, batch=args.batch, prompt=args.prompt, new=args.new, rounds=args.rounds, peak=peak,
-                          naive_rounds=args.naive_rounds_large if d_model >= 512 else None))
-    # The hardware limit is the best matmul rate seen: measure again after the work, so a peak
-    # sampled while the shared cores were busy does not flatter the model.
-    peak = max(peak, matmul_peak(256 if args.quick else 2048))
-    for r in rows:
-        r["teacher_forced_fraction_of_peak"] = r["teacher_forced_gflops"] / peak
+        rows.append(bench(cfg, batch=args.batch, prompt=args.prompt, new=args.new, rounds=args.rounds, peak_n=peak_n,
+                          naive_rounds=args.naive_rounds_large if d_model >= 512 else None,
+                          only_teacher_forced=args.teacher_forced_only))
     if args.json:
-        print(json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2))
+        print(json.dumps({"rows": rows}, indent=2))
         return
-    print(f"float32 matmul peak (best of two measurements in the same run): {peak:.1f} GFLOP/s; batch {args.batch}, prompt {args.prompt}, "
-          f"{args.new} new tokens, median of {args.rounds} interleaved rounds "
-          f"({args.naive_rounds_large} of the naive loop at d_model 512)")
+    print(f"batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, median of {args.rounds} interleaved rounds "
+          f"({args.naive_rounds_large} of the naive loop at d_model 512); % of peak: median over rounds of the "
+          "round's teacher-forced GFLOP/s over the float32 matmul peak sampled just before it")
     print("| d_model | layers | teacher-forced tok/s | KV-cache decode tok/s | naive decode tok/s "
-          "| KV / naive | teacher-forced GFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| KV / naive | teacher-forced GFLOP/s | matmul peaks GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["tokens_per_s"]
-        print(f"| {r['d_model']} | {r['n_layers']} | {t['teacher_forced']:,.0f} | {t['kv_cache_decode']:,.0f} | "
-              f"{t['naive_decode']:,.0f} | {r['kv_over_naive']:.1f}x | {r['teacher_forced_gflops']:.1f} | "
-              f"{100 * r['teacher_forced_fraction_of_peak']:.0f}% |")
+        kv = f"{t['kv_cache_decode']:,.0f} | {t['naive_decode']:,.0f} | {r['kv_over_naive']:.1f}x" if "kv_over_naive" in r \
+            else "- | - | -"
+        print(f"| {r['d_model']} | {r['n_layers']} | {t['teacher_forced']:,.0f} | {kv} | {r['teacher_forced_gflops']:.1f} "
+              f"| {min(r['matmul_peaks_gflops']):.0f}-{max(r['matmul_peaks_gflops']):.0f} "
+              f"| {100 * r['teacher_forced_fraction_of_peak']:.0f}% |")
 
 
 if __name__ == "__main__":
