@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pathprob.errors import BudgetExceededError
+from pathprob.errors import BadPromptError, BudgetExceededError
 from pathprob.models.base import LanguageModel, State, repeat_paths
 from pathprob.paths import frontier
 from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, _check_request, _extend, _nonzero, _rank
@@ -153,7 +153,7 @@ def enumerate_many(
     if not encoded:
         return []
     if prompt_room is not None and max(len(p) for p in encoded) > 1 + prompt_room:
-        raise BudgetExceededError(f"a prompt has more than 1 + prompt_room = {1 + prompt_room} tokens")
+        raise BadPromptError(f"a prompt has more than 1 + prompt_room = {1 + prompt_room} tokens")
     chunk = frontier.bucket(chunk or DEFAULT_CHUNK)
     check_budget_each(lm, max_new, min_prob=min_prob, chunk=chunk, budget=budget)
     groups: dict[int, list[int]] = {}
