@@ -42,13 +42,15 @@ SHIPPED_RUNS = {
 class DemoSizes:
     report: sections.Sizes
     n_samples: int  # Monte-Carlo samples of the side-by-side table
+    entropy_methods: tuple[str, ...]  # Monte-Carlo entropy estimators beside the exact entropy
     train_steps: int | None  # --train: None = the shipped runs' steps
 
 
 FULL = DemoSizes(sections.Sizes(top=10, min_prob=1e-4, methods=MC_METHODS, ns=(256, 1024, 4096), n_prompts=16),
-                 n_samples=4096, train_steps=None)
-FAST = DemoSizes(sections.Sizes(top=6, min_prob=1e-3, methods=("mc", "smc"), ns=(128,), n_prompts=3),
-                 n_samples=256, train_steps=40)
+                 n_samples=4096, entropy_methods=("mc", "swor"), train_steps=None)
+# Fast: one sample size everywhere, so the side-by-side table and the convergence plot share compiled programs.
+FAST = DemoSizes(sections.Sizes(top=6, min_prob=1e-3, methods=("mc", "smc"), ns=(128,), n_prompts=2),
+                 n_samples=128, entropy_methods=("mc",), train_steps=40)
 
 
 def find_checkpoints(explicit: Path | None = None) -> Path:
@@ -144,7 +146,7 @@ def _exact_vs_mc(page, model, language, prompt: str, max_new: int, sizes: DemoSi
     for method in sizes.report.methods:
         rows[f"P(repeat) {method}"] = pp.mass(model, prompt, pattern, max_new, method=method, n=n, key=key)
     rows["H exact"] = pp.entropy(model, prompt, max_new, min_prob=sizes.report.min_prob)
-    for method in ("mc", "swor"):
+    for method in sizes.entropy_methods:
         rows[f"H {method}"] = pp.entropy(model, prompt, max_new, method=method, n=n, key=key)
     page.add_heading("Exact and Monte Carlo, side by side")
     page.add_table(["quantity", "value", "interval", "kind", "samples", "seconds"],

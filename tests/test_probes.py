@@ -125,6 +125,8 @@ def test_probe_values_equal_a_fresh_computation_on_the_checkpoint(run):
             assert setup["truth"][i]["tracked_tokens"] == rows[:4]
             kl = float(np.sum(np.exp(truth_table.logp) * (truth_table.logp - logp_model)))
             assert got["kl"] == pytest.approx(kl, abs=1e-6)
+            if step != 7:
+                continue  # the engine is checked at every step; brute force once is enough
             # Brute force over all 1 + 11 + 121 + 1331 paths with a full forward pass in float64:
             # float32 logits give per-token errors ~1e-6, so 1e-5 on sums of a few tokens.
             paths, logp = _brute_force(lm, prompt, 3)

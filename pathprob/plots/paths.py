@@ -78,7 +78,9 @@ def tree_layout(table: PathTable, top: int = 15) -> dict:
              for prefix in order if prefix]
     return {"nodes": nodes, "edges": edges, "scale": scale, "drawn_paths": len(drawn),
             "drawn_mass": float(np.sum(shown.probs)), "listed_mass": math.exp(table.log_covered),
-            "remaining": table.remaining, "prefix_mass_exact": table.remaining == 0.0}
+            "remaining": table.remaining,
+            # Exact when nothing was pruned (not "remaining == 0": float32 rounding leaves ~1e-7 either way).
+            "prefix_mass_exact": table.log_remaining == -math.inf}
 
 
 def path_tree(table: PathTable, path: str | Path, *, top: int = 15, title: str | None = None,
