@@ -91,7 +91,7 @@ def run_demo(console: Console, checkpoints: Path | None = None, *, out_dir: Path
     max_new = concepts.example_len + 1  # the next example and its separator
     page = sections.Report("pathprob demo: a language model as a distribution over paths")
     page.add_text(
-        f"Shipped models from {root}. A path is what follows a prompt, up to {max_new} tokens (one example of the "
+        f"Models from {root}. A path is what follows a prompt, up to {max_new} tokens (one example of the "
         "concepts language and its separator) or EOS. Exact numbers come with proven bounds; Monte-Carlo numbers "
         "with 95% intervals. The concepts language is a mixture of 8 hidden Markov 'concepts'; its exact truth is "
         "the Bayes-optimal predictor, so the model can be compared with it path by path.")
