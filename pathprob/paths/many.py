@@ -31,8 +31,8 @@ import numpy as np
 from pathprob.errors import BadPromptError, BudgetExceededError
 from pathprob.models.base import LanguageModel, State, repeat_paths
 from pathprob.paths import frontier
-from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, _check_request, _extend, _nonzero, _rank
-from pathprob.paths.enumerate import estimate_work
+from pathprob.paths.enumerate import (DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, _check_budget, _check_request, _extend,
+                                      _nonzero, _rank)
 from pathprob.paths.results import PathTable, logsumexp64
 
 
@@ -75,14 +75,7 @@ def check_budget_each(lm: LanguageModel, max_new: int, *, min_prob: float, chunk
     frontier (``_check_level``), since the a-priori bound times the number of
     prompts is far above what peaked distributions need.
     """
-    nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=None, chunk=chunk)
-    if nodes > budget.max_nodes or nbytes > budget.max_bytes:
-        raise BudgetExceededError(
-            f"exact enumeration up to {max_new} tokens could expand {nodes:.3g} prefixes per prompt and hold "
-            f"{nbytes / 2**20:.0f} MiB (budget: {budget.max_nodes:.3g} prefixes, {budget.max_bytes / 2**20:.0f} MiB); "
-            "set min_prob (e.g. 1e-6), lower max_new, or use a Monte-Carlo method"
-        )
-    return nodes, nbytes
+    return _check_budget(lm, max_new, min_prob, None, chunk, budget)
 
 
 def _check_level(width: int, vocab: int, per_path: int, chunk: int, depth: int, budget: Budget) -> None:
