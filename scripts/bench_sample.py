@@ -7,9 +7,11 @@
 2. Sample efficiency for a rare regex: relative RMSE over seeds of mc / is / smc / hybrid
    at an equal number of model calls (rows advanced by one token), against the exact value.
 3. d_model 512 / 4 layers: sampled tokens/s as a fraction of the float32 matmul peak
-   measured in the same run (FLOPs per token as in ``bench_model.py``, target >= 70%).
+   measured in the same run (FLOPs per token as in ``bench_model.py``, target >= 70%), with
+   the two floors that bound it: the same steps' matrix products alone, and reading every
+   path's suffix KV cache once per step (``bench_peak``).
 
-    python scripts/bench_sample.py [--rounds 3] [--quick] [--json]
+    python scripts/bench_sample.py [--rounds 3] [--peak-only] [--quick] [--json]
 
 The full run takes about 15 minutes on a 2-core CPU, most of it the naive loop at n = 4096
 (``--naive-rounds``); ``--quick`` runs tiny sizes to check that the script works.
@@ -22,7 +24,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import VOCAB, forward_flops_per_token, matmul_peak  # noqa: E402
+from bench_model import VOCAB, forward_flops_per_token, timed, timed_between_peaks  # noqa: E402
 
 import pathprob as pp  # noqa: E402
 from pathprob.config import ModelConfig  # noqa: E402
@@ -90,9 +91,7 @@ def interleaved(variants: dict, rounds: int, limits: dict | None = None) -> dict
         for name, run in variants.items():
             if r >= (limits or {}).get(name, rounds):
                 continue
-            t = time.perf_counter()
-            jax.block_until_ready(run(jax.random.fold_in(key, r + 1)))
-            times[name].append(time.perf_counter() - t)
+            times[name].append(timed(lambda: run(jax.random.fold_in(key, r + 1))))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -109,14 +108,85 @@ def bench_throughput(*, d_model, n_layers, d_ff, prompt, new, batches, rounds, n
     return rows
 
 
-def bench_peak(*, d_model, n_layers, d_ff, prompt, new, batch, rounds, peak) -> dict:
+def dense_floor(lm, batch: int, new: int):
+    """The chunk's matrix products alone: ``new`` steps of every layer's qkv, proj and MLP
+    and the unembedding for ``batch`` rows, without attention or sampling."""
+    D = lm.config.d_model
+
+    @jax.jit
+    def run(lm, x_BD):
+        model = lm.module
+
+        def step(x_BD, _):
+            h = x_BD[:, None]
+            for block in model.blocks:
+                h = h + block.proj(block.qkv(block.ln1(h))[..., :D])
+                h = h + block.mlp(h)
+            return h[:, 0], jnp.sum(model.logits(h))
+
+        return jax.lax.scan(step, x_BD, None, length=new)
+
+    x_BD = jnp.asarray(np.random.default_rng(2).standard_normal((batch, D)), jnp.float32)
+    return lambda key: run(lm, x_BD)
+
+
+def cache_read_floor(lm, batch: int, new: int):
+    """``new`` steps that each read every layer's full suffix k and v caches once (capacity ``new``).
+
+    Each step reduces every cache scaled by the running total, so no read can be hoisted
+    out of the loop; of the formulations tried this was the fastest read on XLA:CPU.
+    """
+    cfg = lm.config
+    caches = tuple(jnp.full((batch, cfg.n_heads, new, cfg.head_dim), 0.5, jnp.float32) for _ in range(2 * cfg.n_layers))
+
+    @jax.jit
+    def run(caches):
+        def step(total, _):
+            return total + 1e-12 * sum(jnp.sum(c * total) for c in caches), None
+
+        return jax.lax.scan(step, jnp.float32(1.0), None, length=new)[0]
+
+    return lambda key: run(caches)
+
+
+def bench_peak(*, d_model, n_layers, d_ff, prompt, new, batch, rounds, peak_n) -> dict:
+    """Sampled tokens/s at d_model 512 as a fraction of the matmul peak, and what bounds it.
+
+    Every round times the engine's chunk between two matmul-peak samples (the higher one
+    is the round's peak) and, interleaved, two floors: the same steps' matrix products
+    alone, and reading every path's suffix KV cache once per step. Attention must read
+    each path's filled cache every step (on average (new + 1) / (2 new) of the capacity),
+    so no sampler can beat ``dense + filled share x read`` seconds on this machine.
+    """
     lm = make_lm(d_model, n_layers, d_ff, prompt + new)
     prompt_P = np.random.default_rng(0).integers(0, VOCAB - 1, prompt).astype(np.int32)
-    med = interleaved({"kv": kv_sampler(lm, prompt_P, batch, new)}, rounds)["kv"]
-    tokens_per_s = batch * new / med
-    gflops = tokens_per_s * forward_flops_per_token(lm.config, prompt + new // 2) / 1e9
+    variants = {"kv": kv_sampler(lm, prompt_P, batch, new), "dense": dense_floor(lm, batch, new),
+                "read": cache_read_floor(lm, batch, new)}
+    key = jax.random.key(0)
+    for run in variants.values():
+        jax.block_until_ready(run(key))
+    flops = batch * new * forward_flops_per_token(lm.config, prompt + new // 2)
+    filled = (new + 1) / (2 * new)
+    times = {name: [] for name in variants}
+    fractions, bounds, peaks = [], [], []
+    for r in range(rounds):
+        for name, run in variants.items():
+            call = lambda: run(jax.random.fold_in(key, r + 1))
+            if name == "kv":
+                seconds, peak = timed_between_peaks(call, peak_n)
+                peaks.append(peak)
+            else:
+                seconds = timed(call)
+            times[name].append(seconds)
+        fractions.append(flops / times["kv"][-1] / 1e9 / peaks[-1])
+        bounds.append(flops / (times["dense"][-1] + filled * times["read"][-1]) / 1e9 / peaks[-1])
+    med = {name: statistics.median(ts) for name, ts in times.items()}
     return {"d_model": d_model, "n_layers": n_layers, "n": batch, "prompt": prompt, "max_new": new,
-            "tokens_per_s": tokens_per_s, "gflops": gflops, "fraction_of_peak": gflops / peak}
+            "tokens_per_s": batch * new / med["kv"], "gflops": flops / med["kv"] / 1e9, "seconds": med,
+            "matmul_peaks_gflops": peaks, "fraction_of_peak": statistics.median(fractions),
+            "dense_fraction_of_peak": statistics.median(
+                [flops / t / 1e9 / p for t, p in zip(times["dense"], peaks)]),
+            "bound_fraction_of_peak": statistics.median(bounds), "filled_share": filled}
 
 
 def bench_efficiency(*, calls: int, seeds: int, min_prob: float) -> dict:
@@ -161,6 +231,7 @@ def main() -> None:
     parser.add_argument("--naive-rounds", type=int, default=2,
                         help="rounds of the naive loop at n >= 1024 (about 5 minutes each at n = 4096 on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    parser.add_argument("--peak-only", action="store_true", help="only part 3, the d_model 512 fraction of peak")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -169,29 +240,37 @@ def main() -> None:
     else:
         sizes = dict(prompt=32, new=64, big_batch=4096, rounds=args.rounds, calls=1 << 18, seeds=5, peak_batch=1024,
                      small=(128, 2, 512), large=(512, 4, 2048), peak_n=2048)
-    peak = matmul_peak(sizes["peak_n"])
     d, layers, ff = sizes["small"]
-    throughput = bench_throughput(d_model=d, n_layers=layers, d_ff=ff, prompt=sizes["prompt"], new=sizes["new"],
-                                  batches=(sizes["big_batch"], 8, 1), rounds=sizes["rounds"],
-                                  naive_rounds=min(args.naive_rounds, sizes["rounds"]))
+    throughput = [] if args.peak_only else bench_throughput(
+        d_model=d, n_layers=layers, d_ff=ff, prompt=sizes["prompt"], new=sizes["new"],
+        batches=(sizes["big_batch"], 8, 1), rounds=sizes["rounds"], naive_rounds=min(args.naive_rounds, sizes["rounds"]))
     d, layers, ff = sizes["large"]
     at_peak = bench_peak(d_model=d, n_layers=layers, d_ff=ff, prompt=sizes["prompt"], new=sizes["new"],
-                         batch=sizes["peak_batch"], rounds=sizes["rounds"], peak=peak)
-    efficiency = bench_efficiency(calls=sizes["calls"], seeds=sizes["seeds"], min_prob=1e-4)
-    result = {"matmul_peak_gflops": peak, "throughput": throughput, "peak": at_peak, "efficiency": efficiency,
+                         batch=sizes["peak_batch"], rounds=sizes["rounds"], peak_n=sizes["peak_n"])
+    efficiency = None if args.peak_only else bench_efficiency(calls=sizes["calls"], seeds=sizes["seeds"], min_prob=1e-4)
+    result = {"throughput": throughput, "peak": at_peak, "efficiency": efficiency,
               "quick": args.quick, "devices": [str(d) for d in jax.devices()]}
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"float32 matmul peak (same run): {peak:.1f} GFLOP/s; median of {sizes['rounds']} interleaved rounds\n")
-    print("| d_model | layers | n | prompt | max_new | KV-cache tok/s | naive tok/s | KV / naive |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in throughput:
-        print(f"| {r['d_model']} | {r['n_layers']} | {r['n']} | {r['prompt']} | {r['max_new']} | "
-              f"{r['kv_tokens_per_s']:,.0f} | {r['naive_tokens_per_s']:,.0f} | {r['kv_over_naive']:.1f}x |")
+    print(f"median of {sizes['rounds']} interleaved rounds\n")
+    if throughput:
+        print("| d_model | layers | n | prompt | max_new | KV-cache tok/s | naive tok/s | KV / naive |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in throughput:
+            print(f"| {r['d_model']} | {r['n_layers']} | {r['n']} | {r['prompt']} | {r['max_new']} | "
+                  f"{r['kv_tokens_per_s']:,.0f} | {r['naive_tokens_per_s']:,.0f} | {r['kv_over_naive']:.1f}x |")
     p = at_peak
-    print(f"\nd_model {p['d_model']} / {p['n_layers']} layers, n {p['n']}: {p['tokens_per_s']:,.0f} sampled tok/s, "
-          f"{p['gflops']:.1f} GFLOP/s = {100 * p['fraction_of_peak']:.0f}% of the matmul peak\n")
+    print(f"\nd_model {p['d_model']} / {p['n_layers']} layers, n {p['n']}, prompt {p['prompt']}, max_new {p['max_new']}: "
+          f"{p['tokens_per_s']:,.0f} sampled tok/s, {p['gflops']:.1f} GFLOP/s = {100 * p['fraction_of_peak']:.0f}% "
+          f"of the matmul peak (peaks {min(p['matmul_peaks_gflops']):.0f}-{max(p['matmul_peaks_gflops']):.0f} GFLOP/s)")
+    ms = {name: 1e3 * seconds / p["max_new"] for name, seconds in p["seconds"].items()}
+    print(f"  per step: sampler {ms['kv']:.1f} ms; its matrix products alone {ms['dense']:.1f} ms (if attention "
+          f"were free: {100 * p['dense_fraction_of_peak']:.0f}% of peak); reading the full suffix KV caches "
+          f"{ms['read']:.1f} ms; products + reading the filled share ({p['filled_share']:.2f}) of the caches: "
+          f"{100 * p['bound_fraction_of_peak']:.0f}% of peak\n")
+    if efficiency is None:
+        return
     e = efficiency
     print(f"Rare regex {e['pattern']!r} (max_new {e['max_new']}), exact mass {e['exact']:.4g}, "
           f"{e['calls']:,} model calls per estimate, {e['seeds']} seeds")
