@@ -61,6 +61,33 @@ def timed_between_peaks(run, peak_n: int) -> tuple[float, float]:
     return seconds, max(before, matmul_peak(peak_n))
 
 
+def interleaved_rounds(variants: dict, rounds: int, *, limits: dict | None = None, peak_of: str | None = None,
+                       peak_n: int = 2048) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds per variant and round, run interleaved (a b c a b c ...) after one compile run each.
+
+    ``variants[name](key)`` runs one variant. ``limits[name]`` caps the rounds of a slow
+    variant (it still runs interleaved with the others). The variant ``peak_of`` is timed
+    between two matmul-peak samples (``timed_between_peaks``); the second value returned
+    holds each round's peak.
+    """
+    key = jax.random.key(0)
+    for run in variants.values():
+        jax.block_until_ready(run(key))
+    times, peaks = {name: [] for name in variants}, []
+    for r in range(rounds):
+        for name, run in variants.items():
+            if r >= (limits or {}).get(name, rounds):
+                continue
+            call = lambda: run(jax.random.fold_in(key, r + 1))
+            if name == peak_of:
+                seconds, peak = timed_between_peaks(call, peak_n)
+                peaks.append(peak)
+            else:
+                seconds = timed(call)
+            times[name].append(seconds)
+    return times, peaks
+
+
 def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:
     """Matmul FLOPs of one token's forward pass attending over ``context`` positions."""
     D, F = cfg.d_model, cfg.d_ff
@@ -121,22 +148,9 @@ def bench(cfg: ModelConfig, *, batch: int, prompt: int, new: int, rounds: int, p
     variants = make_variants(lm, prompt_P, batch, new)
     if only_teacher_forced:
         variants = {"teacher_forced": variants["teacher_forced"]}
-    key = jax.random.key(0)
-    for run in variants.values():  # compile
-        jax.block_until_ready(run(key))
-    times = {name: [] for name in variants}
-    peaks = []
-    for r in range(rounds):
-        for name, run in variants.items():
-            if name == "naive_decode" and naive_rounds is not None and r >= naive_rounds:
-                continue  # the naive loop is ~30x slower: fewer rounds keep the script under 15 minutes
-            call = lambda: run(jax.random.fold_in(key, r))
-            if name == "teacher_forced":
-                seconds, peak = timed_between_peaks(call, peak_n)
-                peaks.append(peak)
-            else:
-                seconds = timed(call)
-            times[name].append(seconds)
+    # The naive loop is ~30x slower: fewer rounds of it keep the script under 15 minutes.
+    limits = {"naive_decode": naive_rounds} if naive_rounds is not None else None
+    times, peaks = interleaved_rounds(variants, rounds, limits=limits, peak_of="teacher_forced", peak_n=peak_n)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     T = prompt + new
     flops = batch * T * forward_flops_per_token(cfg, T)

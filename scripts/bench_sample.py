@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import VOCAB, forward_flops_per_token, timed, timed_between_peaks  # noqa: E402
+from bench_model import VOCAB, forward_flops_per_token, interleaved_rounds  # noqa: E402
 
 import pathprob as pp  # noqa: E402
 from pathprob.config import ModelConfig  # noqa: E402
@@ -78,30 +78,14 @@ def naive_sampler(lm, prompt_P: np.ndarray, batch: int, new: int):
     return run
 
 
-def interleaved(variants: dict, rounds: int, limits: dict | None = None) -> dict:
-    """Median seconds per variant over interleaved rounds (after one compile run each).
-
-    ``limits[name]`` caps the rounds of a slow variant (it still runs interleaved with the others).
-    """
-    key = jax.random.key(0)
-    for run in variants.values():
-        jax.block_until_ready(run(key))
-    times = {name: [] for name in variants}
-    for r in range(rounds):
-        for name, run in variants.items():
-            if r >= (limits or {}).get(name, rounds):
-                continue
-            times[name].append(timed(lambda: run(jax.random.fold_in(key, r + 1))))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def bench_throughput(*, d_model, n_layers, d_ff, prompt, new, batches, rounds, naive_rounds) -> list[dict]:
     lm = make_lm(d_model, n_layers, d_ff, prompt + new)
     prompt_P = np.random.default_rng(0).integers(0, VOCAB - 1, prompt).astype(np.int32)
     rows = []
     for batch in batches:
         variants = {"kv": kv_sampler(lm, prompt_P, batch, new), "naive": naive_sampler(lm, prompt_P, batch, new)}
-        med = interleaved(variants, rounds, {"naive": naive_rounds if batch >= 1024 else rounds})
+        times, _ = interleaved_rounds(variants, rounds, limits={"naive": naive_rounds if batch >= 1024 else rounds})
+        med = {name: statistics.median(ts) for name, ts in times.items()}
         rows.append({"d_model": d_model, "n_layers": n_layers, "n": batch, "prompt": prompt, "max_new": new,
                      "kv_tokens_per_s": batch * new / med["kv"], "naive_tokens_per_s": batch * new / med["naive"],
                      "kv_over_naive": med["naive"] / med["kv"], "seconds": med})
@@ -162,24 +146,12 @@ def bench_peak(*, d_model, n_layers, d_ff, prompt, new, batch, rounds, peak_n) -
     prompt_P = np.random.default_rng(0).integers(0, VOCAB - 1, prompt).astype(np.int32)
     variants = {"kv": kv_sampler(lm, prompt_P, batch, new), "dense": dense_floor(lm, batch, new),
                 "read": cache_read_floor(lm, batch, new)}
-    key = jax.random.key(0)
-    for run in variants.values():
-        jax.block_until_ready(run(key))
     flops = batch * new * forward_flops_per_token(lm.config, prompt + new // 2)
     filled = (new + 1) / (2 * new)
-    times = {name: [] for name in variants}
-    fractions, bounds, peaks = [], [], []
-    for r in range(rounds):
-        for name, run in variants.items():
-            call = lambda: run(jax.random.fold_in(key, r + 1))
-            if name == "kv":
-                seconds, peak = timed_between_peaks(call, peak_n)
-                peaks.append(peak)
-            else:
-                seconds = timed(call)
-            times[name].append(seconds)
-        fractions.append(flops / times["kv"][-1] / 1e9 / peaks[-1])
-        bounds.append(flops / (times["dense"][-1] + filled * times["read"][-1]) / 1e9 / peaks[-1])
+    times, peaks = interleaved_rounds(variants, rounds, peak_of="kv", peak_n=peak_n)
+    fractions = [flops / t / 1e9 / peak for t, peak in zip(times["kv"], peaks)]
+    bounds = [flops / (dense + filled * read) / 1e9 / peak
+              for dense, read, peak in zip(times["dense"], times["read"], peaks)]
     med = {name: statistics.median(ts) for name, ts in times.items()}
     return {"d_model": d_model, "n_layers": n_layers, "n": batch, "prompt": prompt, "max_new": new,
             "tokens_per_s": batch * new / med["kv"], "gflops": flops / med["kv"] / 1e9, "seconds": med,

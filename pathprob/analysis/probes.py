@@ -241,7 +241,7 @@ class Prober:
         self._room: int | None = None  # prompt_room: the longest prompt's tokens after the first
         self._truth, self._tries = None, None
         if self.truth:
-            tables = self._enumerate(self.truth, self.spec.truth_min_prob)
+            tables = self._enumerate(self.truth, self._encoded(self.truth), self.spec.truth_min_prob)
             self._truth = [self._truth_side(i, table) for i, table in enumerate(tables)]
             self._tries = [_Trie.build(t.paths, spec.max_new) for t in self._truth]
 
@@ -251,9 +251,8 @@ class Prober:
             self._room = max(len(ids) for ids in encoded) - 1
         return encoded
 
-    def _enumerate(self, lm: LanguageModel, min_prob: float) -> list[PathTable]:
+    def _enumerate(self, lm: LanguageModel, encoded: list[np.ndarray], min_prob: float) -> list[PathTable]:
         """``enumerate_paths`` of every prompt: one batched walk, or one walk per prompt beyond the budget."""
-        encoded = self._encoded(lm)
         kwargs = dict(min_prob=min_prob, chunk=self.spec.chunk, prompt_room=self._room)
         try:
             return enumerate_many(lm, encoded, self.spec.max_new, **kwargs)
@@ -290,9 +289,10 @@ class Prober:
         """One probe of ``lm`` (JSON-able): ``{"prompts": [per-prompt dict, ...], "seconds": s}``."""
         t0 = time.perf_counter()
         rows = []
-        tables = self._enumerate(lm, self.spec.min_prob)
+        encoded = self._encoded(lm)
+        tables = self._enumerate(lm, encoded, self.spec.min_prob)
         if self._tries is not None:
-            scores = [trie.score(lm, ids, self.spec.max_new) for trie, ids in zip(self._tries, self._encoded(lm))]
+            scores = [trie.score(lm, ids, self.spec.max_new) for trie, ids in zip(self._tries, encoded)]
         for i, table in enumerate(tables):
             lower, upper = entropy_from_table(table)
             row = {"entropy": 0.5 * (lower + upper), "entropy_lower": lower, "entropy_upper": upper,
