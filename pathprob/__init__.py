@@ -11,23 +11,17 @@ from pathprob.analysis.walk import Geometry, Walk, geometry, walk
 from pathprob.config import ModelConfig, TrainConfig
 from pathprob.data.languages import get_language
 from pathprob.data.tokenizer import Tokenizer
-from pathprob.errors import (
-    BadPromptError,
-    BudgetExceededError,
-    CheckpointError,
-    PathprobError,
-    TrainingError,
-    UnknownSpecError,
-)
+from pathprob.errors import (BadPromptError, BudgetExceededError, CheckpointError, PathprobError, TrainingError,
+                             UnknownSpecError)
 from pathprob.loading import describe_model, open_model
 from pathprob.models.base import LanguageModel, State
 from pathprob.models.transformer import Transformer, TransformerLM
+from pathprob.paths.divergence import kl
 from pathprob.paths.enumerate import Budget, enumerate_paths, top_k
 from pathprob.paths.many import enumerate_many
 from pathprob.paths.measure import entropy, mass
-from pathprob.paths.montecarlo import kl
-from pathprob.paths.sample import Samples, sample
 from pathprob.paths.results import Estimate, PathTable
+from pathprob.paths.sample import Samples, sample
 from pathprob.paths.score import score
 from pathprob.paths.sets import PathSet, Predicate, Regex
 from pathprob.training import train

@@ -24,7 +24,8 @@ import pathprob as pp
 from pathprob.errors import PathprobError
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.paths import hybrid, montecarlo, proposal, sample, smc, swor
-from pathprob.paths.montecarlo import entropy_mc, kl, mass_mc
+from pathprob.paths.divergence import kl
+from pathprob.paths.montecarlo import entropy_mc, mass_mc
 from test_exact import CFG, TOKENIZER, _full_logprobs, random_lm
 
 PROMPT = [0, 1, 2]

@@ -22,7 +22,6 @@ With pruning (``min_prob``) every exact number carries a proven bound:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -31,12 +30,13 @@ import jax
 import numpy as np
 
 from pathprob.errors import BudgetExceededError, PathprobError
+from pathprob.files import dumps
 from pathprob.models.base import LanguageModel, encode_prompt
+from pathprob.paths.divergence import kl
 from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget
 from pathprob.paths.intervals import Moments, clip, normal_interval
 from pathprob.paths.many import check_budget_each, enumerate_many
 from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
-from pathprob.paths.montecarlo import kl
 from pathprob.paths.results import Estimate, PathTable
 from pathprob.paths.sample import as_key, check_compatible, sample
 from pathprob.paths.score import score
@@ -123,7 +123,7 @@ class Comparison:
                 "kl_truth_model": None if self.kl_truth_model is None else [e.to_dict() for e in self.kl_truth_model]}
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        return dumps(self.to_dict(), **kwargs)
 
     def __repr__(self) -> str:
         lines = [f"Comparison({len(self.prompts)} prompts, max_new={self.max_new})",

@@ -21,7 +21,6 @@ per-prompt estimates need no extra term: their noise is part of the spread.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ import numpy as np
 
 from pathprob.data.base import numpy_rng
 from pathprob.errors import BudgetExceededError, PathprobError
+from pathprob.files import dumps
 from pathprob.models.base import LanguageModel
 from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget
 from pathprob.paths.intervals import t_quantile
@@ -72,7 +72,7 @@ class NarrowingCurve:
                 "level": self.level, "seed": self.seed, "seconds": self.seconds}
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        return dumps(self.to_dict(), **kwargs)
 
     def __repr__(self) -> str:
         lines = [f"NarrowingCurve({self.n_prompts} prompts, max_new={self.max_new}, {100 * self.level:g}% intervals)",

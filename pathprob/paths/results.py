@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
 
 from pathprob.data.tokenizer import Tokenizer
+from pathprob.files import dumps, jsonable
 
 
 def log1mexp(log_x: float) -> float:
@@ -85,7 +85,7 @@ class PathTable:
         )
 
     def to_dict(self) -> dict:
-        return {
+        return jsonable({
             "paths": [
                 {"text": text, "tokens": row[:n].tolist(), "logp": float(lp), "p": float(math.exp(lp)), "eos": bool(e)}
                 for text, row, n, lp, e in zip(self.texts(with_eos=True), self.tokens, self.lengths, self.logp, self.eos)
@@ -93,10 +93,10 @@ class PathTable:
             "log_covered": self.log_covered, "log_remaining": self.log_remaining,
             "covered": math.exp(self.log_covered), "remaining": self.remaining, "max_new": self.max_new,
             "stats": self.stats,
-        }
+        })
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        return dumps(self.to_dict(), **kwargs)
 
     def __repr__(self) -> str:
         lines = [f"PathTable({len(self)} paths, max_new={self.max_new}, covered={math.exp(self.log_covered):.6g}, "
@@ -115,9 +115,15 @@ class Estimate:
     """A number with its uncertainty.
 
     ``exact`` is True when ``lower == upper`` is a proof; otherwise
-    ``[lower, upper]`` is a proven bound (exact methods with pruning) or a
-    confidence interval at ``level`` (Monte-Carlo methods; ``n`` samples,
-    ``stderr``, effective sample size ``ess``).
+    ``[lower, upper]`` is a proven bound (exact methods with pruning; ``level`` None)
+    or a confidence interval at ``level`` (Monte-Carlo methods; ``n`` samples,
+    ``stderr``, effective sample size ``ess``, NaN where undefined).
+
+    ``reliable`` is False when a diagnostic says the interval is not to be trusted
+    (``reason`` says which: too few effective samples, a heavy-tailed weight
+    distribution, no hits); ``interrupted`` when the run was stopped early and the
+    estimate holds the samples drawn so far. ``seed`` is the integer seed when one was
+    given and ``key_data`` the raw data of the key used (reproducible either way).
     """
 
     value: float
@@ -131,17 +137,29 @@ class Estimate:
     seconds: float = 0.0
     level: float | None = None  # confidence level of [lower, upper]; None for proven bounds
     seed: int | None = None
+    key_data: tuple[int, ...] = ()
+    reliable: bool = True
+    reason: str = ""
+    interrupted: bool = False
     details: dict = dataclasses.field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        """What [lower, upper] is: "exact", "proven bounds" or "95% interval"."""
+        if self.exact:
+            return "exact"
+        return "proven bounds" if self.level is None else f"{100 * self.level:g}% interval"
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return jsonable(dataclasses.asdict(self))
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        return dumps(self.to_dict(), **kwargs)
 
     def __repr__(self) -> str:
         if self.exact:
             return f"Estimate({self.value:.10g}, exact, method={self.method!r})"
-        kind = "proven bounds" if self.level is None else f"{100 * self.level:g}% CI"
         extra = f", n={self.n}, ess={self.ess:.4g}" if self.n else ""
-        return f"Estimate({self.value:.6g} in [{self.lower:.6g}, {self.upper:.6g}] ({kind}), method={self.method!r}{extra})"
+        flags = ("" if self.reliable else f", UNRELIABLE: {self.reason}") + (", interrupted" if self.interrupted else "")
+        return (f"Estimate({self.value:.6g} in [{self.lower:.6g}, {self.upper:.6g}] ({self.kind}), "
+                f"method={self.method!r}{extra}{flags})")

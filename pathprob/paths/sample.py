@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -34,10 +33,11 @@ import numpy as np
 
 from pathprob.data.tokenizer import Tokenizer
 from pathprob.errors import PathprobError
+from pathprob.files import dumps
 from pathprob.models.base import LanguageModel, State, encode_prompt, repeat_paths
 from pathprob.paths import frontier
-from pathprob.paths.proposal import (MODEL, Guide, Proposal, allowed_tokens, entropy_rows, inverse_cdf,
-                                     kl_rows, make_guide, pick, restrict, warp)
+from pathprob.paths.proposal import (MODEL, Guide, Proposal, allowed_tokens, entropy_rows, inverse_cdf, kl_rows,
+                                     make_guide, pick, restrict, warp)
 from pathprob.paths.sets import PathSet, TokenDFA
 
 DEFAULT_CHUNK = 4096
@@ -157,7 +157,7 @@ class Samples:
         }
 
     def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        return dumps(self.to_dict(), **kwargs)
 
     def __repr__(self) -> str:
         counts = self.counts()

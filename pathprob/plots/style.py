@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +11,7 @@ matplotlib.use("Agg")  # no display, no GUI toolkit: figures are files
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pathprob.files import write_atomic  # noqa: E402
+from pathprob.files import write_atomic, write_json  # noqa: E402
 
 RC = {
     "figure.dpi": 110,
@@ -42,5 +41,5 @@ def save(fig, path: str | Path, data: dict) -> Path:
     with plt.rc_context(RC):
         fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
-    write_atomic(path.with_suffix(".json"), json.dumps(data, indent=1) + "\n")
+    write_json(path.with_suffix(".json"), data, indent=1)
     return write_atomic(path, buffer.getvalue())

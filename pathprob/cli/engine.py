@@ -1,0 +1,149 @@
+"""Commands that run one engine call: info, score, enumerate, topk, mass, entropy, sample, kl."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+import pathprob as pp
+from pathprob.cli.common import (ChunkProgress, JsonOut, LevelProgress, MaxNew, MaxPaths, MinProb, Prompt, Samples,
+                                 Seed, Spec, command, emit_json, mc_options, out, print_estimate, print_paths)
+from pathprob.files import dumps
+
+
+@command
+def info(spec: Spec, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Describe a model: config, step, parameter count, eval loss."""
+    facts = pp.describe_model(spec)
+    if as_json:
+        print(dumps(facts, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in facts.items():
+        table.add_row(key, dumps(value) if isinstance(value, (dict, list)) else str(value))
+    out.print(table)
+
+
+@command
+def score(
+    spec: Spec,
+    prompt: Annotated[str, typer.Option(help="Prompt text (BOS is added when missing).")],
+    continuation: Annotated[list[str], typer.Option(help="Continuation text; repeat for several.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """log P(continuation | prompt) for each continuation."""
+    lm = pp.open_model(spec)
+    logps = pp.score(lm, prompt, continuation)
+    if as_json:
+        print(dumps([{"continuation": c, "logp": float(lp)} for c, lp in zip(continuation, logps)], indent=2))
+        return
+    table = Table("continuation", "log p (nats)", "p")
+    for c, lp in zip(continuation, logps):
+        table.add_row(repr(c), f"{lp:.6f}", f"{math.exp(lp):.6g}")
+    out.print(table)
+
+
+
+@command(name="enumerate")
+def enumerate_(
+    spec: Spec, prompt: Prompt, max_new: MaxNew, min_prob: MinProb = 0.0, max_paths: MaxPaths = None,
+    show: Annotated[int, typer.Option(min=0, help="Rows to print.")] = 30, json_out: JsonOut = None,
+):
+    """List every path above --min-prob with its exact probability, and the certified remainder."""
+    lm = pp.open_model(spec)
+    with LevelProgress(max_new) as progress:
+        table = pp.enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths, on_level=progress)
+    if emit_json(json_out, table.to_dict()) and str(json_out) == "-":
+        return
+    print_paths(table, f"{len(table):,} paths after {prompt!r}", show)
+
+
+@command
+def topk(spec: Spec, prompt: Prompt, max_new: MaxNew,
+         k: Annotated[int, typer.Option("-k", min=1, help="How many paths.")] = 10, json_out: JsonOut = None):
+    """The exact k most probable paths (best-first search with a certificate)."""
+    lm = pp.open_model(spec)
+    table = pp.top_k(lm, prompt, k, max_new)
+    if emit_json(json_out, table.to_dict()) and str(json_out) == "-":
+        return
+    print_paths(table, f"top {k} paths after {prompt!r}")
+    out.print(f"certificate: best unexpanded prefix p = {math.exp(table.stats['log_best_unexpanded']):.6g} "
+              f"<= p of path {len(table)}")
+
+
+
+@command
+def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
+         regex: Annotated[str, typer.Option(help="Full-match regular expression over the continuation text.")],
+         method: Annotated[str, typer.Option(help="exact, mc, is, smc, swor or hybrid")] = "exact",
+         n: Samples = 10_000, seed: Seed = 0,
+         min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
+    """P(continuation matches REGEX | prompt): exact with proven bounds, or Monte Carlo with an interval."""
+    lm = pp.open_model(spec)
+    pathset = pp.Regex(regex)
+    with ChunkProgress(n) as progress:
+        est = pp.mass(lm, prompt, pathset, max_new, method=method, min_prob=min_prob, max_paths=max_paths,
+                      **mc_options(method, n, seed, progress))
+    if emit_json(json_out, est.to_dict()) and str(json_out) == "-":
+        return
+    print_estimate(f"P({regex!r})", est)
+
+
+@command
+def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
+            method: Annotated[str, typer.Option(help="exact, mc or swor")] = "exact",
+            n: Samples = 10_000, seed: Seed = 0,
+            estimator: Annotated[str, typer.Option(help="mc: chain (Rao-Blackwellised) or plain")] = "chain",
+            min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
+    """Entropy of the path distribution (nats): exact with proven bounds, or Monte Carlo with an interval."""
+    lm = pp.open_model(spec)
+    with ChunkProgress(n) as progress:
+        options = mc_options(method, n, seed, progress)
+        if method == "mc":
+            options["estimator"] = estimator
+        est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, **options)
+    if emit_json(json_out, est.to_dict()) and str(json_out) == "-":
+        return
+    print_estimate("H", est, " nats")
+    out.print(f"effective number of paths exp(H) = {math.exp(est.value):.4g}")
+
+
+@command
+def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed: Seed = 0,
+           temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
+           top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k best tokens.")] = None,
+           top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = None,
+           show: Annotated[int, typer.Option(min=0, help="Distinct paths to print.")] = 20, json_out: JsonOut = None):
+    """Sample paths; print the most frequent with counts and model probabilities."""
+    lm = pp.open_model(spec)
+    samples = pp.sample(lm, prompt, n, max_new, key=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+    if emit_json(json_out, samples.to_dict()) and str(json_out) == "-":
+        return
+    table = Table("#", "path", "count", "frequency", "p model", title=f"{n:,} samples after {prompt!r} (seed {seed})",
+                  title_justify="left")
+    counts = samples.counts()
+    for i, (path, count, lp) in enumerate(counts[:show], 1):
+        table.add_row(str(i), repr(lm.tokenizer.decode(list(path))), f"{count:,}", f"{count / n:.4f}",
+                      f"{math.exp(lp):.4g}")
+    out.print(table)
+    out.print(f"{len(counts):,} distinct paths")
+
+
+@command
+def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
+       prompt_b: Annotated[Optional[str], typer.Option("--prompt-b", help="Prompt of b (default: --prompt).")] = None,
+       model_b: Annotated[Optional[str], typer.Option("--model-b", help="Model spec of b (default: SPEC).")] = None,
+       method: Annotated[str, typer.Option(help="exact or mc")] = "exact",
+       n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None):
+    """KL(a || b) between two path distributions (two prompts and/or two models), in nats."""
+    lm_a = pp.open_model(spec)
+    lm_b = lm_a if model_b is None else pp.open_model(model_b)
+    with ChunkProgress(n) as progress:
+        est = pp.kl(lm_a, prompt, lm_b, prompt if prompt_b is None else prompt_b, max_new, method=method,
+                    **mc_options(method, n, seed, progress))
+    if emit_json(json_out, est.to_dict()) and str(json_out) == "-":
+        return
+    print_estimate("KL(a || b)", est, " nats")
