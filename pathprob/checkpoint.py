@@ -1,19 +1,27 @@
 """Checkpoints: the one module behind which orbax lives.
 
-A run's checkpoint directory holds one sub-directory per saved step::
+A run's checkpoint directory holds one sub-directory per saved step, with one orbax item per
+PyTree the caller saves (a training run saves ``params`` and ``opt_state``) and two JSON items::
 
-    DIR/<step>/state/   the arrays (model parameters, optimizer state): an orbax PyTree
-    DIR/<step>/meta/    a JSON dict (configs, tokenizer, seed, version, language, ...)
+    DIR/<step>/params/     the model parameters: an orbax PyTree
+    DIR/<step>/opt_state/  the optimizer state: an orbax PyTree
+    DIR/<step>/meta/       a JSON dict (configs, tokenizer, seed, version, language, ...)
+    DIR/<step>/digests/    per PyTree item, the sha256 of its leaves (``tree_digest``)
 
-Both are written by one orbax save into ``DIR/<step>.orbax-checkpoint-tmp`` and renamed into
-place only when complete, so the arrays and their metadata appear together or not at all; a
-process killed mid-save leaves only the tmp directory, which is never listed as a step (and is
-replaced when that step is saved again).
+Items are read one by one, so opening a model for inference reads its parameters alone. Every
+item read is checked against its digest: orbax decodes flipped bytes inside an array chunk
+without complaint, and the digest turns them into a ``CheckpointError``.
+
+All items are written by one orbax save into ``DIR/<step>.orbax-checkpoint-tmp`` and renamed
+into place only when complete, so they appear together or not at all; a process killed mid-save
+leaves only the tmp directory, which is never listed as a step (and is replaced when that step is
+saved again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +32,18 @@ import numpy as np
 from orbax.checkpoint import v1 as ocp
 
 from pathprob.errors import CheckpointError
+from pathprob.files import dumps
 
-_STATE = "state"
-_META = "meta"
+PARAMS, OPT_STATE = "params", "opt_state"  # the items of a training checkpoint
+_META, _DIGESTS = "meta", "digests"
+_LEGACY_ITEM = "state"  # the single item (parameters and optimizer state together) of earlier checkpoints
 
 
 class Checkpoints:
     """The checkpoints of one run, in ``directory``; use as a context manager.
 
+    A checkpoint holds named PyTree items (``save(step, {"params": ..., "opt_state": ...}, meta)``),
+    read back one by one (``load({"params": abstract}, step=...)``) and checked against their digests.
     ``keep`` is how many of the most recent steps survive a save (``None``: all). Every ``save``
     writes a checkpoint: deciding *when* is the trainer's business. Reading from a directory that
     does not exist (yet) lists no steps and never creates it; the first ``save`` does.
@@ -61,24 +73,30 @@ class Checkpoints:
             with _wrapped(f"could not finish writing checkpoints in {self.directory}"):
                 orbax.close()
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        """Save ``state`` (a PyTree of arrays) and ``meta`` (a JSON-able dict) as ``step``.
+    def save(self, step: int, items: dict[str, Any], meta: dict) -> None:
+        """Save ``items`` (name -> PyTree of arrays) and ``meta`` (a JSON-able dict) as ``step``.
 
-        Blocks until the checkpoint is complete on disk (so the caller may donate or overwrite
-        the arrays right after), then deletes all but the newest ``keep`` steps.
+        ``meta`` is stored as strict JSON (``pathprob.files.dumps``: NaN as null). Blocks until
+        the checkpoint is complete on disk (so the caller may donate or overwrite the arrays right
+        after), then deletes all but the newest ``keep`` steps.
         """
         step = int(step)
+        if not isinstance(items, dict) or not items or not all(isinstance(name, str) for name in items):
+            raise TypeError("checkpoint items must be a non-empty dict of name -> PyTree")
+        if {_META, _DIGESTS} & set(items):
+            raise ValueError(f"checkpoint item names {_META!r} and {_DIGESTS!r} are reserved")
         if not isinstance(meta, dict):
             raise TypeError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
         try:
-            json.dumps(meta)
+            meta = json.loads(dumps(meta))
         except (TypeError, ValueError) as err:
             raise TypeError(f"checkpoint meta must be JSON-serialisable: {err}") from None
         orbax = self._open(create=True)
         if step in self.steps():
             raise CheckpointError(f"checkpoint step {step} already exists in {self.directory}")
+        digests = {name: tree_digest(tree) for name, tree in items.items()}
         with _wrapped(f"could not save checkpoint step {step} in {self.directory}"):
-            orbax.save_checkpointables(step, {_STATE: state, _META: meta}, force=True)
+            orbax.save_checkpointables(step, {**items, _META: meta, _DIGESTS: digests}, force=True)
 
     def steps(self) -> list[int]:
         """The complete, stored steps in increasing order (unfinished saves are not steps)."""
@@ -99,35 +117,45 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint step {step} in {self.directory} has corrupt metadata (not a dict)")
         return meta
 
-    def load(self, abstract_state: Any, *, step: int | None = None) -> Any:
-        """The state stored with ``step`` (default: the latest), shaped like ``abstract_state``.
+    def load(self, abstract_items: dict[str, Any], *, step: int | None = None) -> dict[str, Any]:
+        """The items named in ``abstract_items`` stored with ``step`` (default: the latest).
 
-        ``abstract_state`` is a PyTree whose leaves have ``shape`` and ``dtype``:
-        ``jax.ShapeDtypeStruct`` (e.g. from ``nnx.eval_shape`` + ``nnx.split``) or arrays. The
-        result has the same tree structure, with arrays on the leaves' sharding (default: the
-        first device). Every stored leaf must match its abstract leaf exactly in shape and dtype
-        (orbax would cast silently); otherwise the ``CheckpointError`` names the leaf.
+        ``abstract_items`` maps item names to PyTrees whose leaves have ``shape`` and ``dtype``:
+        ``jax.ShapeDtypeStruct`` (e.g. from ``nnx.eval_shape`` + ``nnx.split``) or arrays. Only
+        those items are read. Each result has its abstract tree's structure, with arrays on the
+        leaves' sharding (default: the first device). Every stored leaf must match its abstract
+        leaf exactly in shape and dtype (orbax would cast silently), and every item its stored
+        digest; otherwise the one-line ``CheckpointError`` names the checkpoint (and the leaf).
         """
         step = self._resolve(step)
         where = f"checkpoint step {step} in {self.directory}"
         orbax = self._open(create=False)
         with _wrapped(f"{where} is corrupt or unreadable"):
-            stored_tree = orbax.metadata(step).metadata
-        if stored_tree is None:  # orbax logs the reason and returns None
-            raise CheckpointError(f"{where} is corrupt (its arrays are missing or unreadable)")
-        stored = _by_path(stored_tree)
-        paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
-        wanted = {_path_name(path): _abstract_leaf(leaf) for path, leaf in paths_leaves}
-        if len(wanted) != len(paths_leaves):
-            raise ValueError("abstract_state has two leaves with the same path name")
-        _check_compatible(wanted, stored, where)
-        abstract = jax.tree.unflatten(treedef, list(wanted.values()))
+            stored_items = orbax.checkpointables_metadata(step).metadata
+        missing = sorted(set(abstract_items) - set(stored_items))
+        if missing:
+            legacy = ("; it was written before parameters were stored apart from the optimizer state: "
+                      "re-save or retrain it") if _LEGACY_ITEM in stored_items else ""
+            raise CheckpointError(
+                f"{where} has no item {missing[0]!r} (it holds: {', '.join(sorted(stored_items))}){legacy}")
+        requested = {}
+        for name, tree in abstract_items.items():
+            if stored_items[name] is None:  # orbax logs the reason and returns None
+                raise CheckpointError(f"{where} is corrupt (the arrays of {name!r} are missing or unreadable)")
+            requested[name] = _abstract_item(tree, name)
+            _check_compatible(requested[name][0], _by_path(stored_items[name]), where, prefix=f"{name}/")
+        abstract = {name: jax.tree.unflatten(treedef, list(wanted.values()))
+                    for name, (wanted, treedef) in requested.items()}
         with _wrapped(f"{where} is corrupt or unreadable"):
-            restored = orbax.load(step, abstract)
-        # Rebuild the caller's tree type (orbax may hand back dicts/lists for custom nodes).
-        restored_by_path = _by_path(restored)
-        with _wrapped(f"{where} is corrupt or unreadable"):
-            return jax.tree.unflatten(treedef, [restored_by_path[name] for name in wanted])
+            loaded = orbax.load_checkpointables(step, abstract | {_DIGESTS: None})
+            # Rebuild the caller's tree types (orbax may hand back dicts/lists for custom nodes).
+            restored = {name: _rebuild(loaded[name], wanted, treedef) for name, (wanted, treedef) in requested.items()}
+            digests = dict(loaded[_DIGESTS])
+        for name, tree in restored.items():
+            if digests.get(name) != tree_digest(tree):
+                raise CheckpointError(f"{where} is corrupt: the arrays of {name!r} do not match their stored "
+                                      "sha256 digest; restore it from a copy or retrain")
+        return restored
 
     def _open(self, *, create: bool) -> ocp.training.Checkpointer | None:
         """The orbax Checkpointer, opened on first use; ``None`` if reading a missing directory."""
@@ -138,8 +166,9 @@ class Checkpoints:
                 return None
             policies = ocp.training.preservation_policies
             registry = ocp.handlers.local_registry()
-            # Without this, orbax would store the meta dict as a PyTree of scalars.
-            registry.add(ocp.handlers.JsonHandler, checkpointable_name=_META)
+            # Without this, orbax would store the JSON dicts as PyTrees of scalars.
+            for name in (_META, _DIGESTS):
+                registry.add(ocp.handlers.JsonHandler, checkpointable_name=name)
             context = ocp.Context()
             context.checkpointables.registry = registry
             with _wrapped(f"cannot open checkpoint directory {self.directory}"):
@@ -166,10 +195,18 @@ class Checkpoints:
         return int(step)
 
 
-def read_meta(directory: str | Path, step: int | None = None) -> dict:
-    """The metadata dict stored with ``step`` (default: latest) in ``directory``, without loading arrays."""
-    with Checkpoints(directory) as checkpoints:
-        return checkpoints.load_meta(step=step)
+def tree_digest(tree: Any) -> str:
+    """sha256 (hex) of a PyTree of arrays: leaves in path-name order, each with its dtype and shape.
+
+    Independent of the container types (an ``nnx.State`` and the dict it flattens like hash the
+    same) and of where the arrays live; sensitive to every byte, dtype and shape.
+    """
+    digest = hashlib.sha256()
+    for name, leaf in sorted(_by_path(tree).items()):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(json.dumps([name, array.dtype.name, list(array.shape)]).encode() + b"\n")
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -203,6 +240,21 @@ def _by_path(tree: Any) -> dict[str, Any]:
     return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _abstract_item(tree: Any, name: str) -> tuple[dict[str, jax.ShapeDtypeStruct], Any]:
+    """The leaves of an abstract item by path name (with shardings), and its treedef."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    wanted = {_path_name(path): _abstract_leaf(leaf) for path, leaf in paths_leaves}
+    if len(wanted) != len(paths_leaves):
+        raise ValueError(f"abstract item {name!r} has two leaves with the same path name")
+    return wanted, treedef
+
+
+def _rebuild(tree: Any, wanted: dict[str, Any], treedef: Any) -> Any:
+    """``tree``'s leaves, by path name, in the structure ``treedef`` whose leaves are named ``wanted``."""
+    by_path = _by_path(tree)
+    return jax.tree.unflatten(treedef, [by_path[name] for name in wanted])
+
+
 def _abstract_leaf(leaf: Any) -> jax.ShapeDtypeStruct:
     """A ShapeDtypeStruct with a sharding (orbax warns without one)."""
     if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
@@ -211,18 +263,20 @@ def _abstract_leaf(leaf: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding)
 
 
-def _check_compatible(wanted: dict[str, jax.ShapeDtypeStruct], stored: dict[str, Any], where: str) -> None:
-    """Raise a CheckpointError naming the first leaf whose presence, shape or dtype differs."""
-    problems = [f"has no leaf {name!r}" for name in wanted if name not in stored]
-    problems += [f"has leaf {name!r}, which the requested state lacks" for name in stored if name not in wanted]
+def _check_compatible(wanted: dict[str, jax.ShapeDtypeStruct], stored: dict[str, Any], where: str,
+                      prefix: str = "") -> None:
+    """Raise a CheckpointError naming the first leaf (as ``prefix + path``) whose presence, shape or dtype differs."""
+    problems = [f"has no leaf {prefix + name!r}" for name in wanted if name not in stored]
+    problems += [f"has leaf {prefix + name!r}, which the requested state lacks"
+                 for name in stored if name not in wanted]
     for name, leaf in wanted.items():
         if name not in stored:
             continue
         have_shape, have_dtype = tuple(getattr(stored[name], "shape", ())), getattr(stored[name], "dtype", None)
         if have_dtype is None or np.dtype(have_dtype) != np.dtype(leaf.dtype):
-            problems.append(f"stores leaf {name!r} as {have_dtype}, requested {leaf.dtype}")
+            problems.append(f"stores leaf {prefix + name!r} as {have_dtype}, requested {leaf.dtype}")
         elif have_shape != tuple(leaf.shape):
-            problems.append(f"stores leaf {name!r} with shape {have_shape}, requested {tuple(leaf.shape)}")
+            problems.append(f"stores leaf {prefix + name!r} with shape {have_shape}, requested {tuple(leaf.shape)}")
     if problems:
         more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
         raise CheckpointError(f"{where} {problems[0]}{more}")

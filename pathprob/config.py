@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pathprob.errors import PathprobError
@@ -24,6 +26,14 @@ def _one_of(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(obj, name)
     if value not in allowed:
         raise ConfigError(f"{type(obj).__name__}.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _finite(obj: Any, name: str, ok: Callable[[float], bool], expected: str) -> None:
+    """``name`` must be a finite real number for which ``ok`` holds (``expected`` says which, for the message)."""
+    value = getattr(obj, name)
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and ok(value)):
+        raise ConfigError(f"{type(obj).__name__}.{name} must be a finite number {expected}, got {value!r}")
 
 
 def _str_tuple(obj: Any, name: str, value: Any) -> tuple[str, ...]:
@@ -111,15 +121,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
-        if not 0.0 <= self.probe_min_prob < 1.0:
-            raise ConfigError(f"TrainConfig.probe_min_prob must be in [0, 1), got {self.probe_min_prob!r}")
+        _finite(self, "probe_min_prob", lambda value: 0.0 <= value < 1.0, "in [0, 1)")
         _positive(self, "steps", "batch_size", "warmup_steps", "log_every", "eval_every", "save_every",
                   "keep", "eval_docs", "max_nonfinite")
         for name in ("learning_rate", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+            _finite(self, name, lambda value: value > 0.0, "> 0")
+        _finite(self, "weight_decay", lambda value: value >= 0.0, ">= 0")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"TrainConfig.seed must be a non-negative integer, got {self.seed!r}")
         # The model fields are validated by building a ModelConfig.
@@ -145,7 +152,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def config_diff(stored: dict, requested: dict) -> list[str]:
-    """Names of the fields that differ, as ``name: stored -> requested``."""
-    keys = sorted(set(stored) | set(requested))
+def config_diff(stored: dict, requested: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Names of the fields that differ, as ``name: stored -> requested`` (fields in ``ignore`` excepted)."""
+    keys = sorted((set(stored) | set(requested)) - set(ignore))
     return [f"{k}: {stored.get(k)!r} -> {requested.get(k)!r}" for k in keys if stored.get(k) != requested.get(k)]

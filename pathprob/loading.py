@@ -8,14 +8,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pathprob.checkpoint import Checkpoints
-from pathprob.config import ModelConfig, TrainConfig
+from pathprob.checkpoint import PARAMS, Checkpoints
+from pathprob.config import ModelConfig
 from pathprob.data.languages import get_language
 from pathprob.data.tokenizer import Tokenizer
 from pathprob.errors import CheckpointError, UnknownSpecError
 from pathprob.models.base import LanguageModel
 from pathprob.models.transformer import Transformer, TransformerLM
-from pathprob.training import make_optimizer
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -40,20 +39,21 @@ def open_model(spec: str | Path, *, step: int | None = None) -> LanguageModel:
 
 
 def load_checkpoint(directory: Path, *, step: int | None = None) -> tuple[TransformerLM, dict]:
-    """The Transformer stored at ``directory`` (latest or given step) and its metadata."""
+    """The Transformer stored at ``directory`` (latest or given step) and its metadata.
+
+    Reads the parameters alone (no optimizer state), checked against their stored digest.
+    """
     with Checkpoints(directory) as ckpts:
         meta = ckpts.load_meta(step=step)
         try:
             model_cfg = ModelConfig.from_dict(meta["model_config"])
-            train_cfg = TrainConfig.from_dict(meta["train_config"])
             tokenizer = Tokenizer.from_json(meta["tokenizer"])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"checkpoint {directory} has unreadable metadata ({err})") from None
         abstract_model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
         graphdef, abstract_params = nnx.split(abstract_model)
-        abstract_opt = jax.eval_shape(make_optimizer(train_cfg).init, abstract_params)
-        state = ckpts.load({"params": abstract_params, "opt_state": abstract_opt}, step=meta["step"])
-    lm = TransformerLM(params=state["params"], graphdef=graphdef, config=model_cfg, tokenizer=tokenizer)
+        params = ckpts.load({PARAMS: abstract_params}, step=meta["step"])[PARAMS]
+    lm = TransformerLM(params=params, graphdef=graphdef, config=model_cfg, tokenizer=tokenizer)
     return lm, meta
 
 

@@ -1,16 +1,27 @@
 """Training a Transformer on a language: AdamW, warm-up + cosine, clipping, orbax checkpoints.
 
-The whole update is one jitted pure function of (params, opt_state, tokens).
-Batches are a pure function of (seed, step), so a resumed run sees exactly the
-batches an uninterrupted run would, and its losses are bit-identical.
+The whole update is one jitted pure function of (params, opt_state, watch, tokens). Batches are a
+pure function of (seed, step), so a resumed run sees exactly the batches an uninterrupted run
+would, and its losses are bit-identical.
+
+The loop never waits for the device on a plain step. A step's batch is drawn on the host while
+the previous step runs, and a logging step's values (loss, gradient norm, the divergence watch)
+are read back only once the next step has been dispatched. Evaluations, probes and saves read
+the parameters, so they wait for their step.
+
+A step whose loss or gradients are non-finite leaves the parameters unchanged
+(``optax.apply_if_finite``). The *watch*, carried on the device, records the first step at which
+``max_nonfinite`` consecutive steps were skipped; the next read-back stops the run with a
+``TrainingError`` naming that step, before any NaN reaches the parameters, a checkpoint or
+``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
+import importlib.metadata
+import sys
 import time
 from pathlib import Path
 
@@ -20,32 +31,32 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pathprob import __version__
-from pathprob.checkpoint import Checkpoints
+from pathprob.checkpoint import OPT_STATE, PARAMS, Checkpoints
 from pathprob.config import TrainConfig, config_diff
 from pathprob.data.languages import get_language
 from pathprob.errors import CheckpointError, TrainingError
 from pathprob.models.base import LanguageModel
 from pathprob.models.transformer import Transformer, TransformerLM, init_transformer
 from pathprob.paths.score import _token_logprobs
+from pathprob.rundir import append_metrics, locked, truncate_metrics
 
-_MAX_SKIPPED = 1_000_000  # apply_if_finite would apply a NaN update after this many; we stop long before
+# Fields of a TrainConfig that say where a run lives, not what it is: a moved run resumes.
+_LOCATION_FIELDS = ("out",)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
+def _schedule(cfg: TrainConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=min(cfg.warmup_steps, cfg.steps),
         decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate * 0.1,
     )
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    return optax.apply_if_finite(tx, max_consecutive_errors=_MAX_SKIPPED)
 
 
-def _schedule_value(cfg: TrainConfig, step: int) -> float:
-    return float(optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=min(cfg.warmup_steps, cfg.steps),
-        decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate * 0.1,
-    )(step))
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                     optax.adamw(_schedule(cfg), weight_decay=cfg.weight_decay))
+    # apply_if_finite would apply a NaN update after max_consecutive_errors skips: more than the run has
+    # steps, so that never happens; the trainer's watch stops the run after max_nonfinite skips instead.
+    return optax.apply_if_finite(tx, max_consecutive_errors=cfg.steps + 1)
 
 
 def _loss(model: Transformer, tokens_BT: jax.Array) -> jax.Array:
@@ -57,22 +68,44 @@ def _loss(model: Transformer, tokens_BT: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, nll, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+def _new_watch(step: int) -> dict:
+    """The divergence watch at ``step``: int32 scalars ``step``, ``streak`` and ``diverged_at`` (0: never)."""
+    return {"step": jnp.int32(step), "streak": jnp.int32(0), "diverged_at": jnp.int32(0)}
+
+
+def _update_watch(watch: dict, streak: jax.Array, max_nonfinite: int) -> dict:
+    """The watch one step later; ``streak`` is the number of consecutive skipped (non-finite) steps."""
+    step = watch["step"] + 1
+    reached = (watch["diverged_at"] == 0) & (streak >= max_nonfinite)
+    return {"step": step, "streak": streak, "diverged_at": jnp.where(reached, step, watch["diverged_at"])}
+
+
+def _make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, max_nonfinite: int):
     def loss_of_params(params, tokens_BT):
         return _loss(nnx.merge(graphdef, params), tokens_BT)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params, opt_state, tokens_BT):
+    def train_step(params, opt_state, watch, tokens_BT):
         loss, grads = jax.value_and_grad(loss_of_params)(params, tokens_BT)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        watch = _update_watch(watch, opt_state.notfinite_count, max_nonfinite)
+        return params, opt_state, watch, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step, jax.jit(loss_of_params)
 
 
+def _batch_keys(cfg: TrainConfig, start: int, stop: int) -> np.ndarray:
+    """uint32[stop - start, 2]: the key data of steps start..stop-1, computed up front in one call.
+
+    Drawing a batch from them needs no device op, which would queue behind the running step.
+    """
+    fold = jax.vmap(lambda step: jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed), step)))
+    return np.asarray(fold(jnp.arange(start, stop, dtype=jnp.uint32)))
+
+
 def _batch(cfg: TrainConfig, language, step: int) -> np.ndarray:
-    return language.sample(jax.random.fold_in(jax.random.key(cfg.seed), step), cfg.batch_size)
+    return language.sample(_batch_keys(cfg, step, step + 1)[0], cfg.batch_size)
 
 
 def _eval_docs(cfg: TrainConfig, language) -> np.ndarray:
@@ -99,7 +132,7 @@ def cross_entropy(lm: LanguageModel, docs_NT: np.ndarray, *, batch: int = 256) -
 class TrainResult:
     out: Path
     step: int
-    eval_loss: float
+    eval_loss: float | None  # None only when no step ran and there was nothing to evaluate
     truth_eval_loss: float | None
 
 
@@ -107,83 +140,159 @@ def _meta(cfg: TrainConfig, model_cfg, language, step: int) -> dict:
     return {
         "train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
         "tokenizer": language.tokenizer.to_json(), "language": cfg.language, "seed": cfg.seed,
-        "step": step, "version": __version__,
+        "step": step, "version": importlib.metadata.version("pathprob"),
     }
 
 
 def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None = None) -> TrainResult:
     """Train (or resume) the run in ``cfg.out``; returns the final step and eval losses.
 
-    ``until`` stops early after that step (as if the process were killed right
-    after its checkpoint); a later call resumes from the latest checkpoint.
+    ``until`` stops early after that step (as if the process were killed right after its
+    checkpoint); a later call resumes from the latest checkpoint, wherever the run directory has
+    been moved since. One process at a time writes a run: a second is refused at once
+    (``pathprob.rundir.RunLockedError``). ``progress``: a bar (True), nothing (False), or by default a bar
+    when stderr is a terminal and plain progress lines otherwise.
     """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):
+        return _train(cfg, out, progress, until)
+
+
+def _train(cfg: TrainConfig, out: Path, progress: bool | None, until: int | None) -> TrainResult:
     language = get_language(cfg.language)
     model_cfg = cfg.model_config(vocab_size=language.tokenizer.vocab_size, max_len=language.max_len)
-    out = Path(cfg.out)
     tx = make_optimizer(cfg)
-    model = init_transformer(model_cfg, cfg.seed)
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(init_transformer(model_cfg, cfg.seed))
     opt_state = tx.init(params)
-    train_step, eval_loss_fn = _make_steps(graphdef, tx)
-
+    train_step, eval_loss_fn = _make_steps(graphdef, tx, cfg.max_nonfinite)
     eval_docs = _eval_docs(cfg, language)
     truth = language.truth()
     truth_loss = cross_entropy(truth, eval_docs) if truth is not None else None
+    last = cfg.steps if until is None else min(cfg.steps, until)
 
-    out.mkdir(parents=True, exist_ok=True)
     with Checkpoints(out / "checkpoints", keep=cfg.keep) as ckpts:
         start = ckpts.latest_step() or 0
         if start:
-            # Fields a stored config lacks (older versions) had their defaults.
-            stored = TrainConfig().to_dict() | ckpts.load_meta(step=start)["train_config"]
-            diff = config_diff(stored, cfg.to_dict())
-            if diff:
-                raise CheckpointError(f"cannot resume {out}: the config differs from the stored one ({'; '.join(diff)})")
-            restored = ckpts.load({"params": params, "opt_state": opt_state}, step=start)
-            params, opt_state = restored["params"], restored["opt_state"]
-        metrics_path = out / "metrics.jsonl"
-        _truncate_metrics(metrics_path, start if start else -1)  # from scratch: the step-0 probe too
+            params, opt_state = _restore(cfg, ckpts, start, params, opt_state)
+        truncate_metrics(out, start if start else -1)  # from scratch: the step-0 probe too
         prober = _Probes(cfg, language, truth, graphdef, model_cfg) if cfg.probe_every else None
         if prober is not None and start == 0:
             # The run-level probe facts and the probe of the initial parameters, as step 0.
-            _append(metrics_path, {"step": 0, "probe_setup": prober.setup(), "probe": prober(params)})
+            append_metrics(out, {"step": 0, "probe_setup": prober.setup(), "probe": prober(params)})
 
-        eval_loss = float(eval_loss_fn(params, eval_docs)) if start else float("nan")
-        show = progress if progress is not None else os.isatty(2)
-        last = min(cfg.steps, until) if until is not None else cfg.steps
-        t0, tokens_seen, wall0 = time.perf_counter(), 0, time.perf_counter()
-        with _progress(show, start, cfg.steps) as advance:
+        eval_loss = float(eval_loss_fn(params, eval_docs)) if start else None
+        watch, pending = _new_watch(start), None
+        keys = _batch_keys(cfg, start, last)
+        tokens = language.sample(keys[0], cfg.batch_size) if last > start else None
+        meter = _Meter()
+        with _Progress(progress, start, last, cfg.steps) as bar:
+
+            def emit(logged: _Logged, probe: dict | None = None) -> None:
+                record = logged.read(cfg, meter, where=ckpts.directory)
+                if probe is not None:
+                    record["probe"] = probe
+                    meter.restart()  # probe time is not training throughput
+                append_metrics(out, record)
+                bar.record(record)
+
             for step in range(start + 1, last + 1):
-                tokens = _batch(cfg, language, step - 1)
-                params, opt_state, stats = train_step(params, opt_state, tokens)
-                tokens_seen += int((tokens[:, 1:] >= 0).sum())
-                skipped = int(opt_state.notfinite_count)
-                if skipped >= cfg.max_nonfinite:
-                    raise TrainingError(
-                        f"loss or gradients were non-finite for {skipped} consecutive steps (at step {step}); "
-                        f"the last good checkpoint in {out / 'checkpoints'} is kept; lower the learning rate"
-                    )
-                saving = (step % cfg.save_every == 0 or step == cfg.steps) and skipped == 0
-                if step % cfg.eval_every == 0 or step == cfg.steps or saving:
+                final = step == cfg.steps
+                probing = prober is not None and (step % cfg.probe_every == 0 or final)
+                logging = step % cfg.log_every == 0 or final or probing
+                lr = _schedule(cfg)(step - 1) if logging else None  # dispatched ahead of the step: ready when read
+                params, opt_state, watch, stats = train_step(params, opt_state, watch, tokens)
+                meter.count(tokens)
+                if pending is not None:  # that step is done by now, and this one is running
+                    emit(pending)
+                    pending = None
+                if step < last:
+                    tokens = language.sample(keys[step - start], cfg.batch_size)  # drawn while the step runs
+                saving = step % cfg.save_every == 0 or final
+                if saving:  # never right after a skipped step, nor after a divergence (that raises)
+                    saving = _read_watch(watch, cfg, ckpts.directory)["streak"] == 0
+                if step % cfg.eval_every == 0 or final or saving:
                     eval_loss = float(eval_loss_fn(params, eval_docs))
-                probing = prober is not None and (step % cfg.probe_every == 0 or step == cfg.steps)
-                if step % cfg.log_every == 0 or step == cfg.steps or probing:
-                    loss = float(stats["loss"])
-                    now = time.perf_counter()
-                    record = {
-                        "step": step, "loss": loss, "eval_loss": eval_loss, "truth_eval_loss": truth_loss,
-                        "lr": _schedule_value(cfg, step - 1), "grad_norm": float(stats["grad_norm"]),
-                        "tokens_per_s": tokens_seen / max(now - t0, 1e-9), "wall_s": now - wall0,
-                    }
-                    if probing:
-                        record["probe"] = prober(params)
-                    _append(metrics_path, record)
-                    t0, tokens_seen = time.perf_counter(), 0  # probe time is not training throughput
+                if logging:
+                    logged = _Logged(step, stats, watch, lr, eval_loss, truth_loss, meter.tokens)
+                    if probing or saving:  # the record goes before its checkpoint, so a resume never lacks it
+                        emit(logged, prober(params) if probing else None)
+                    else:
+                        pending = logged
                 if saving:
-                    meta = _meta(cfg, model_cfg, language, step) | {"eval_loss": eval_loss, "truth_eval_loss": truth_loss}
-                    ckpts.save(step, {"params": params, "opt_state": opt_state}, meta)
-                advance(step, eval_loss)
+                    meta = _meta(cfg, model_cfg, language, step) | {"eval_loss": eval_loss,
+                                                                    "truth_eval_loss": truth_loss}
+                    ckpts.save(step, {PARAMS: params, OPT_STATE: opt_state}, meta)
+                bar.advance(step)
+            if pending is not None:
+                emit(pending)
     return TrainResult(out=out, step=last, eval_loss=eval_loss, truth_eval_loss=truth_loss)
+
+
+def _restore(cfg: TrainConfig, ckpts: Checkpoints, step: int, params, opt_state):
+    """The parameters and optimizer state saved at ``step``, after checking that the run is the same."""
+    # Fields a stored config lacks (older versions) had their defaults.
+    stored = TrainConfig().to_dict() | ckpts.load_meta(step=step)["train_config"]
+    diff = config_diff(stored, cfg.to_dict(), ignore=_LOCATION_FIELDS)
+    if diff:
+        raise CheckpointError(f"cannot resume {cfg.out}: the config differs from the stored one ({'; '.join(diff)})")
+    restored = ckpts.load({PARAMS: params, OPT_STATE: opt_state}, step=step)
+    return restored[PARAMS], restored[OPT_STATE]
+
+
+def _read_watch(watch: dict, cfg: TrainConfig, where: Path) -> dict:
+    """The watch on the host; a TrainingError if the run has diverged (nothing after that step is kept)."""
+    host = {name: int(value) for name, value in jax.device_get(watch).items()}
+    if host["diverged_at"]:
+        raise TrainingError(
+            f"training diverged at step {host['diverged_at']}: the loss or gradients were non-finite for "
+            f"{cfg.max_nonfinite} consecutive steps; the last good checkpoint in {where} is kept; "
+            "lower the learning rate"
+        )
+    return host
+
+
+@dataclasses.dataclass
+class _Logged:
+    """A logging step's values, possibly still being computed on the device."""
+
+    step: int
+    stats: dict
+    watch: dict
+    lr: jax.Array
+    eval_loss: float | None
+    truth_eval_loss: float | None
+    tokens: int  # training tokens counted by the meter up to this step
+
+    def read(self, cfg: TrainConfig, meter: _Meter, *, where: Path) -> dict:
+        """The metric record (waits for the step; raises TrainingError if the run diverged by then)."""
+        _read_watch(self.watch, cfg, where)
+        stats = jax.device_get(self.stats)
+        return {"step": self.step, "loss": float(stats["loss"]), "eval_loss": self.eval_loss,
+                "truth_eval_loss": self.truth_eval_loss, "lr": float(self.lr), "grad_norm": float(stats["grad_norm"]),
+                **meter.take(self.tokens)}
+
+
+class _Meter:
+    """Training tokens per second between metric records, and the wall time since the loop began."""
+
+    def __init__(self):
+        self.tokens = 0
+        self.wall0 = self.t0 = time.perf_counter()
+
+    def count(self, tokens_BT: np.ndarray) -> None:
+        self.tokens += int((tokens_BT[:, 1:] >= 0).sum())
+
+    def take(self, tokens: int) -> dict:
+        """Throughput of the first ``tokens`` counted since the last record; the rest start the next interval."""
+        now = time.perf_counter()
+        rate = tokens / max(now - self.t0, 1e-9)
+        self.t0, self.tokens = now, self.tokens - tokens
+        return {"tokens_per_s": rate, "wall_s": now - self.wall0}
+
+    def restart(self) -> None:
+        """Start the next interval now: the time since the last record was not spent training."""
+        self.t0 = time.perf_counter()
 
 
 class _Probes:
@@ -204,43 +313,56 @@ class _Probes:
                                          tokenizer=self.tokenizer))
 
 
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+class _Progress:
+    """Training progress on stderr: a rich bar (``show`` True, or None on a terminal), plain lines
+    (``show`` None elsewhere: one per metric record, at most one every ``interval_s``, and the last
+    step's), or nothing (False)."""
 
+    interval_s = 5.0
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (they belong to work lost since the checkpoint).
+    def __init__(self, show: bool | None, start: int, last: int, total: int):
+        self.mode = ("bar" if sys.stderr.isatty() else "lines") if show is None else ("bar" if show else None)
+        self.start, self.last, self.total = start, last, total
+        self.t0 = time.perf_counter()
+        self.printed = -np.inf
 
-    Probe records are metric lines with a ``probe`` field (step 0: also ``probe_setup``), so they
-    are truncated with the rest and recomputed identically on resume.
-    """
-    if not path.exists():
-        return
-    lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(l + "\n" for l in lines))
-    tmp.replace(path)
+    def __enter__(self) -> _Progress:
+        if self.mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"))
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, info="")
+        return self
 
-class _progress:
-    """A rich progress bar on a terminal; nothing otherwise."""
+    def advance(self, step: int) -> None:
+        if self.mode == "bar":
+            self.bar.update(self.task, completed=step)
 
-    def __init__(self, show: bool, start: int, total: int):
-        self.show, self.start, self.total = show, start, total
+    def record(self, record: dict) -> None:
+        """Show a metric record: the bar's eval loss, or a plain line."""
+        eval_loss = "" if record["eval_loss"] is None else f"eval loss {record['eval_loss']:.4f}"
+        if self.mode == "bar":
+            self.bar.update(self.task, info=eval_loss)
+            return
+        now, step = time.perf_counter(), record["step"]
+        if self.mode != "lines" or (now - self.printed < self.interval_s and step != self.last):
+            return
+        self.printed = now
+        eta = (self.total - step) * (now - self.t0) / max(step - self.start, 1)
+        parts = [f"train step {step}/{self.total}", f"loss {record['loss']:.4f}", eval_loss,
+                 f"{record['tokens_per_s']:,.0f} tokens/s", f"ETA {_clock(eta)}"]
+        print(", ".join(p for p in parts if p), file=sys.stderr, flush=True)
 
-    def __enter__(self):
-        if not self.show:
-            return lambda step, eval_loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"))
-        self.bar.__enter__()
-        task = self.bar.add_task("train", total=self.total, completed=self.start, info="")
-        return lambda step, eval_loss: self.bar.update(task, completed=step, info=f"eval {eval_loss:.4f}")
-
-    def __exit__(self, *exc):
-        if self.show:
+    def __exit__(self, *exc) -> bool:
+        if self.mode == "bar":
             self.bar.__exit__(*exc)
         return False
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss`` (or ``m:ss`` under an hour)."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

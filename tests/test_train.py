@@ -1,15 +1,22 @@
-"""Training: metrics, checkpoints, bit-identical resume, non-finite guard, config mismatch."""
+"""Training: metrics, checkpoints, bit-identical resume (also after a torn metrics line and a move), the
+non-finite guard (refused hyper-parameters, divergence read back late but stopped in time), progress lines."""
 
 import json
 import math
+import re
+import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pathprob as pp
 import pathprob.training as train_module
+from pathprob.checkpoint import Checkpoints, tree_digest
 from pathprob.errors import CheckpointError, TrainingError
+from pathprob.files import loads_strict
+from pathprob.rundir import locked, read_metrics
 
 TINY = dict(language="arith", batch_size=8, d_model=32, n_layers=1, n_heads=2, d_ff=64, eval_docs=16,
             warmup_steps=2, log_every=1, eval_every=5)
@@ -84,3 +91,80 @@ def test_config_validation_names_the_field():
         pp.TrainConfig(steps=0)
     with pytest.raises(pp.PathprobError, match="d_model"):
         pp.TrainConfig(d_model=30, n_heads=4)
+
+
+TIMING = ("tokens_per_s", "wall_s")
+
+
+def records_without_timing(run_dir) -> list[dict]:
+    """The metric records, parsed as strictly as JavaScript would, without the wall-clock fields."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in loads_strict(line).items() if k not in TIMING} for line in lines]
+
+
+def params_digest(run_dir) -> str:
+    return tree_digest(pp.open_model(run_dir).params)
+
+
+def test_eval_loss_is_null_until_the_first_evaluation(run):
+    out, _ = run
+    assert [r["eval_loss"] is None for r in records_without_timing(out)] == [True] * 4 + [False] * 6  # eval_every=5
+
+
+def test_resume_after_a_torn_metrics_line_and_a_move_is_bit_identical(tmp_path, run):
+    first, moved = tmp_path / "first", tmp_path / "elsewhere" / "moved"
+    pp.train(tiny(first), progress=False, until=7)  # its checkpoint is step 5; steps 6, 7 are logged
+    with open(first / "metrics.jsonl", "a") as f:
+        f.write('{"step": 100, "lo')  # the disk filled up mid-write
+    moved.parent.mkdir()
+    shutil.move(first, moved)  # where a run lives is not part of what it is
+    with pytest.warns(UserWarning, match="torn final line"):
+        pp.train(tiny(moved), progress=False)
+    straight, _ = run  # the same config, uninterrupted
+    assert records_without_timing(moved) == records_without_timing(straight)
+    assert params_digest(moved) == params_digest(straight)
+    with Checkpoints(moved / "checkpoints") as ckpts:  # the metadata says where it was last trained
+        assert ckpts.steps() == [5, 10] and ckpts.load_meta()["train_config"]["out"] == str(moved)
+
+
+@pytest.mark.parametrize("field, value", [("learning_rate", math.inf), ("learning_rate", math.nan),
+                                          ("weight_decay", math.nan), ("grad_clip", math.inf),
+                                          ("probe_min_prob", math.nan), ("learning_rate", -1e-3)])
+def test_non_finite_hyper_parameters_are_refused_naming_the_field(field, value):
+    with pytest.raises(pp.PathprobError, match=rf"^TrainConfig\.{field} must be a finite number"):
+        pp.TrainConfig(**{field: value})
+
+
+def test_divergence_read_back_at_a_logging_step_stops_naming_the_step(tmp_path, monkeypatch):
+    # Every step is non-finite: with max_nonfinite 2 the run diverges at step 2. Values are read back only
+    # at logging steps (every 4th), once the next step is in flight: step 4's, while step 5 runs.
+    finite_loss = train_module._loss
+    monkeypatch.setattr(train_module, "_loss", lambda model, tokens: finite_loss(model, tokens) * jnp.nan)
+    cfg = tiny(tmp_path, log_every=4, eval_every=4, max_nonfinite=2, steps=12, save_every=6)
+    diverged = r"^training diverged at step 2: .* non-finite for 2 consecutive steps"
+    with pytest.raises(TrainingError, match=diverged) as raised:
+        pp.train(cfg, progress=False)
+    assert "\n" not in str(raised.value)
+    # No record (step 4's values were read after the divergence), no checkpoint, no NaN anywhere.
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    with locked(tmp_path):  # released although training raised
+        pass
+
+
+def test_batch_keys_computed_up_front_are_the_folded_step_keys():
+    def folded(step):
+        return np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(3), step)))
+
+    cfg = pp.TrainConfig(seed=3)
+    np.testing.assert_array_equal(train_module._batch_keys(cfg, 5, 9), np.stack([folded(s) for s in range(5, 9)]))
+    np.testing.assert_array_equal(train_module._batch_keys(cfg, 2**31 - 2, 2**31 - 1)[0], folded(2**31 - 2))
+
+
+def test_smoke_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    result = pp.train(tiny(tmp_path, steps=4, eval_every=2, save_every=4))  # progress=None; capsys: not a terminal
+    lines = capsys.readouterr().err.strip().splitlines()
+    number = r"\d+\.\d{4}"
+    pattern = re.compile(rf"^train step \d/4, loss {number}(, eval loss {number})?, [\d,]+ tokens/s, ETA \d+:\d\d$")
+    assert lines and all(pattern.match(line) for line in lines), lines
+    assert lines[-1].startswith("train step 4/4") and f"eval loss {result.eval_loss:.4f}" in lines[-1]
+    assert read_metrics(tmp_path)[-1]["step"] == 4

@@ -10,7 +10,6 @@ result holds the same records, so figures and tests treat both alike.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -19,10 +18,12 @@ from pathprob.checkpoint import Checkpoints
 from pathprob.config import TrainConfig
 from pathprob.data.languages import get_language
 from pathprob.errors import CheckpointError, PathprobError
+from pathprob.files import jsonable
+from pathprob.rundir import METRICS, read_metrics
 
 
 class NoProbesError(PathprobError):
-    """A run directory without metrics or probe records."""
+    """A run directory whose metrics hold no probe records."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +53,6 @@ class Dynamics:
         return dataclasses.asdict(self)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise NoProbesError(f"no metrics.jsonl in {run_dir} (is it a training run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _losses(metrics: list[dict]) -> list[dict]:
     return [{"step": m["step"], "loss": m["loss"], "eval_loss": m.get("eval_loss")} for m in metrics if "loss" in m]
 
@@ -79,7 +73,7 @@ def training_dynamics(run_dir: str | Path, *, from_checkpoints: bool = False, on
     setups = [m["probe_setup"] for m in metrics if "probe_setup" in m]
     records = [{"step": m["step"], "probe": m["probe"]} for m in metrics if "probe" in m]
     if not records or not setups:
-        raise NoProbesError(f"{run_dir / 'metrics.jsonl'} has no probe records; train with probe_every > 0 "
+        raise NoProbesError(f"{run_dir / METRICS} has no probe records; train with probe_every > 0 "
                             "or recompute them from the checkpoints (--from-checkpoints)")
     return Dynamics(run=str(run_dir), source="metrics", setup=setups[0], records=records, losses=_losses(metrics))
 
@@ -102,11 +96,10 @@ def _from_checkpoints(run_dir: Path, on_step) -> Dynamics:
             on_step(step)
         lm, _ = load_checkpoint(directory, step=step)
         records.append({"step": step, "probe": prober(lm)})
-    try:
-        losses = _losses(read_metrics(run_dir))
-    except NoProbesError:
-        losses = []
-    return Dynamics(run=str(run_dir), source="checkpoints", setup=prober.setup(), records=records, losses=losses)
+    losses = _losses(read_metrics(run_dir)) if (run_dir / METRICS).is_file() else []
+    # As the trainer writes them into metrics.jsonl (strict JSON: -inf as "-inf"), so both sources compare equal.
+    return Dynamics(run=str(run_dir), source="checkpoints", setup=jsonable(prober.setup()), records=jsonable(records),
+                    losses=losses)
 
 
 def summary_rows(dynamics: Dynamics) -> list[dict]:
