@@ -33,8 +33,11 @@ from pathprob.analysis import internals
 from pathprob.data.languages import get_language
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
-from pathprob.paths.enumerate import enumerate_paths
+from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work, listed_paths_bound
+from pathprob.paths.enumerate import DEFAULT_CHUNK, enumerate_paths
 from pathprob.paths.frontier import bucket
+
+BATCH = 256  # sequences per full forward
 
 
 def language_of(lm: LanguageModel, language: str | None):
@@ -56,7 +59,7 @@ def _token_logp(lm, ids_BT: jax.Array, attention) -> jax.Array:
     return jnp.take_along_axis(logp_BTV[:, :-1], targets[..., None], axis=-1)[..., 0]
 
 
-def _batched_logp(lm, ids_NT: np.ndarray, attention, batch: int = 256) -> np.ndarray:
+def _batched_logp(lm, ids_NT: np.ndarray, attention, batch: int = BATCH) -> np.ndarray:
     """float64[N, T-1] per-token log-probabilities, in fixed-size (padded) batches: one compile per width."""
     out = []
     for i in range(0, ids_NT.shape[0], batch):
@@ -80,6 +83,24 @@ def path_logp(lm, prompt_P: np.ndarray, paths_NL: np.ndarray, attention=None) ->
     ids = np.concatenate([np.broadcast_to(prompt_P, (paths_NL.shape[0], P)), paths_NL], axis=1)
     logp = _batched_logp(lm, ids, attention)[:, P - 1 : P - 1 + L]
     return np.where(paths_NL >= 0, logp, 0.0).sum(axis=1)
+
+
+def _forward_bytes(cfg, rows: int, T: int) -> int:
+    """Bytes of one float32 full forward of ``rows`` sequences of ``T`` tokens: logits and log-softmax
+    [rows, T, V], and one layer's activations at a time (residual, q, k, v, attention write [rows, T, D],
+    MLP hidden [rows, T, d_ff], attention weights [rows, H, T, T])."""
+    return 4 * rows * T * (2 * cfg.vocab_size + 5 * cfg.d_model + cfg.d_ff + cfg.n_heads * T)
+
+
+def _check_kl_budget(lm, prompts_P: list[np.ndarray], max_new: int, min_prob: float, budget: Budget) -> None:
+    """Refuse before any work when the KLs do not fit: per prompt, the enumeration down to ``min_prob``
+    plus two full forwards (original, ablated) of every path it can list, one evaluation per position."""
+    nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=None, chunk=DEFAULT_CHUNK)
+    T = max(len(p) for p in prompts_P) + max_new
+    forwards = 2 * listed_paths_bound(lm, max_new, min_prob=min_prob) * T
+    budget.require(f"the ablation's KL over paths of up to {max_new} tokens after {len(prompts_P)} prompts needs up to",
+                   len(prompts_P) * (nodes + forwards), nbytes + _forward_bytes(lm.config, BATCH, T),
+                   "raise min_prob (e.g. 1e-3) or lower max_new")
 
 
 def lumped_kl(logp_N: np.ndarray, logq_N: np.ndarray, *, complete: bool = False) -> tuple[float, float, float]:
@@ -144,13 +165,14 @@ class Ablation:
 
 def ablate(lm: LanguageModel, mode: str, *, layers: Sequence[int] | None = None, language: str | None = None,
            prompts: Sequence[str] | None = None, docs: np.ndarray | None = None, n_docs: int = 256,
-           max_new: int = 6, min_prob: float = 1e-4, seed: int = 0) -> Ablation:
+           max_new: int = 6, min_prob: float = 1e-4, seed: int = 0, budget: Budget = DEFAULT_BUDGET) -> Ablation:
     """Replace attention by ``mode`` (``uniform``, ``cluster``, ``none``, ``model``) and measure the damage.
 
     ``layers``: which layers (all when None). ``docs`` (int32[N, T], -1 padded)
     default to ``n_docs`` documents of the language drawn with the training run's
     eval key for ``seed``; ``prompts`` default to the language's
-    ``prompts(n_examples=2, n=4)``. See the module docstring for the KL.
+    ``prompts(n_examples=2, n=4)``. See the module docstring for the KL; it is refused
+    before any work when it does not fit ``budget``.
     """
     lm = internals.require_transformer(lm, "ablate")
     if mode is None:
@@ -165,10 +187,11 @@ def ablate(lm: LanguageModel, mode: str, *, layers: Sequence[int] | None = None,
         if prompts is None:
             prompts = lang.prompts(n_examples=2, n=4)
     docs = np.asarray(docs, np.int32)
+    encoded = [encode_prompt(lm, prompt, room=max_new) for prompt in prompts]
+    _check_kl_budget(lm, encoded, max_new, min_prob, budget)
     kls, exact, counts, rest_p, rest_q = [], [], [], [], []
-    for prompt in prompts:
-        prompt_P = encode_prompt(lm, prompt, room=max_new)
-        table = enumerate_paths(lm, prompt_P, max_new, min_prob=min_prob)
+    for prompt_P in encoded:
+        table = enumerate_paths(lm, prompt_P, max_new, min_prob=min_prob, budget=budget)
         logp = path_logp(lm, prompt_P, table.tokens)
         logq = path_logp(lm, prompt_P, table.tokens, attention)
         complete = table.log_remaining == -math.inf

@@ -48,6 +48,7 @@ from pathprob.config import TrainConfig
 from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths import frontier
+from pathprob.paths.budget import DEFAULT_BUDGET, Budget
 from pathprob.paths.many import enumerate_many
 from pathprob.paths.measure import entropy_from_table, set_mass_from_table
 from pathprob.paths.results import PathTable, log1mexp, logsumexp64
@@ -171,7 +172,7 @@ class _Trie:
     capacity: int
 
     @classmethod
-    def build(cls, paths: Sequence[Sequence[int]], max_new: int) -> "_Trie":
+    def build(cls, paths: Sequence[Sequence[int]], max_new: int) -> _Trie:
         lengths = np.asarray([len(r) for r in paths], np.int64)
         tokens = np.full((len(paths), max_new), -1, np.int64)
         for i, row in enumerate(paths):
@@ -190,6 +191,13 @@ class _Trie:
         widest = max([lv[3].size for lv in levels] + [1])
         chunk = min(TRIE_CHUNK, frontier.bucket(widest, 8))
         return cls(levels=levels, n_paths=len(paths), chunk=chunk, capacity=frontier.bucket(widest, chunk))
+
+    def cost(self, lm: LanguageModel, max_new: int) -> tuple[int, int]:
+        """(model evaluations, bytes held at once) of ``score``: every trie node expanded in full chunks;
+        two pools (parents and children) and a chunk's states, and the float64 log-probs of a level."""
+        evaluations = 1 + sum(-(-lv[3].size // self.chunk) * self.chunk for lv in self.levels)
+        per_path = frontier.path_state_bytes(lm, max_new)
+        return evaluations, (2 * self.capacity + 2 * self.chunk) * per_path + 8 * self.capacity * lm.vocab_size
 
     def score(self, lm: LanguageModel, prompt_P: np.ndarray, max_new: int) -> np.ndarray:
         """float64[N]: log P(path | prompt) under ``lm`` of every path (as ``score``: float32 per token, float64 sums)."""
@@ -232,8 +240,9 @@ class Prober:
     truth's own values.
     """
 
-    def __init__(self, spec: ProbeSpec, language, *, truth: LanguageModel | None = None):
-        self.spec, self.language = spec, language
+    def __init__(self, spec: ProbeSpec, language, *, truth: LanguageModel | None = None,
+                 budget: Budget = DEFAULT_BUDGET):
+        self.spec, self.language, self.budget = spec, language, budget
         self.truth = language.truth() if truth is None else truth
         self.sets = {name: [_resolve_set(language, name, p) for p in spec.prompts] for name in spec.sets}
         self._pathsets = {name: [None if r is None else Regex(r) for r in regexes]
@@ -253,7 +262,7 @@ class Prober:
 
     def _enumerate(self, lm: LanguageModel, encoded: list[np.ndarray], min_prob: float) -> list[PathTable]:
         """``enumerate_paths`` of every prompt: one batched walk, or one walk per prompt beyond the budget."""
-        kwargs = dict(min_prob=min_prob, chunk=self.spec.chunk, prompt_room=self._room)
+        kwargs = {"min_prob": min_prob, "chunk": self.spec.chunk, "prompt_room": self._room, "budget": self.budget}
         try:
             return enumerate_many(lm, encoded, self.spec.max_new, **kwargs)
         except BudgetExceededError:
@@ -290,6 +299,7 @@ class Prober:
         t0 = time.perf_counter()
         rows = []
         encoded = self._encoded(lm)
+        self._check_budget(lm)
         tables = self._enumerate(lm, encoded, self.spec.min_prob)
         if self._tries is not None:
             scores = [trie.score(lm, ids, self.spec.max_new) for trie, ids in zip(self._tries, encoded)]
@@ -304,6 +314,17 @@ class Prober:
                 row["kl"] = kl_over_paths(truth.logp, logp_model, truth.log_remaining)
             rows.append(row)
         return {"prompts": rows, "seconds": time.perf_counter() - t0}
+
+    def _check_budget(self, lm: LanguageModel) -> None:
+        """Refuse a probe of ``lm`` before it runs when scoring the truth's paths under it does not fit
+        (the enumeration checks its own budget). The tries are walked one after the other."""
+        if self._tries is None:
+            return
+        costs = [trie.cost(lm, self.spec.max_new) for trie in self._tries]
+        self.budget.require(
+            f"probing KL(truth || model) over the truth's {sum(t.n_paths for t in self._tries):,} listed paths needs",
+            sum(c[0] for c in costs), max(c[1] for c in costs),
+            "list fewer truth paths (ProbeSpec.truth_min_prob > 0), lower the probes' max_new, or probe fewer prompts")
 
 
 def make_prober(cfg: TrainConfig, language, *, truth: LanguageModel | None = None) -> Prober:

@@ -73,13 +73,57 @@ def repeat_paths(state: State, n: int) -> State:
     return take_paths(state, jnp.zeros((n,), jnp.int32))
 
 
+def is_count(value) -> bool:
+    """Whether ``value`` is a positive integer (Python or numpy; not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value > 0
+
+
+def check_max_new(max_new) -> int:
+    """``max_new`` as an int, or a BadPromptError when it is not a positive integer."""
+    if not is_count(max_new):
+        raise BadPromptError(f"max_new must be a positive integer, got {max_new!r}")
+    return int(max_new)
+
+
+def token_ids(seq, what: str = "the prompt") -> list[int]:
+    """``seq`` as a list of token ids: a 1-D sequence or array of integers (not bools, floats or bytes).
+
+    Anything else is a BadPromptError naming ``what`` and the problem; the ids' range is
+    the caller's to check against its model.
+    """
+    if isinstance(seq, (bytes, bytearray, memoryview)):
+        raise BadPromptError(f"{what} is bytes; pass text (decode the bytes first) or a sequence of token ids")
+    if not isinstance(seq, (Sequence, np.ndarray, jax.Array)) or isinstance(seq, str):
+        raise BadPromptError(f"{what} must be text or a 1-D sequence of integer token ids, got {type(seq).__name__}")
+    if isinstance(seq, (np.ndarray, jax.Array)) and seq.ndim != 1:
+        raise BadPromptError(f"{what} must be a 1-D sequence of token ids, got {seq.ndim} dimensions")
+    if len(seq) == 0:
+        return []
+    try:
+        ids = np.asarray(seq)
+    except (ValueError, TypeError):
+        ids = np.asarray(seq, dtype=object)  # ragged nesting: reported below
+    if ids.ndim != 1:
+        raise BadPromptError(f"{what} must be a 1-D sequence of token ids, got {ids.ndim} dimensions")
+    if ids.dtype.kind == "O" and all(isinstance(i, int) and not isinstance(i, bool) for i in ids.tolist()):
+        return [int(i) for i in ids.tolist()]  # Python ints too large for int64: out of range for the caller
+    if ids.dtype.kind == "b" or (isinstance(seq, Sequence) and any(isinstance(i, (bool, np.bool_)) for i in seq)):
+        raise BadPromptError(f"{what} must hold integer token ids, but holds booleans")
+    if ids.dtype.kind not in "iu":
+        kind = {"f": "floats", "c": "complex numbers", "U": "strings", "S": "bytes"}.get(
+            ids.dtype.kind, "other objects (None, nested sequences or mixed types)")
+        raise BadPromptError(f"{what} must hold integer token ids, but holds {kind}")
+    return [int(i) for i in ids.tolist()]
+
+
 def encode_prompt(lm: LanguageModel, prompt: str | Sequence[int], *, room: int = 0) -> np.ndarray:
     """The prompt as int32[P] token ids, checked against the model.
 
     A string is encoded with the model's tokenizer, and the tokenizer's BOS is
-    prepended when the text does not already start with it. A sequence of ids is
-    taken as it is. ``room`` is the number of tokens that must still fit after
-    the prompt within ``lm.max_len``.
+    prepended when the text does not already start with it. A 1-D sequence or array
+    of integer ids is taken as it is; anything else (bytes, floats, bools, nesting,
+    None) is a BadPromptError. ``room`` is the number of tokens that must still fit
+    after the prompt within ``lm.max_len``.
     """
     tok = lm.tokenizer
     if isinstance(prompt, str):
@@ -87,12 +131,12 @@ def encode_prompt(lm: LanguageModel, prompt: str | Sequence[int], *, room: int =
         if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
             ids = [tok.bos_id, *ids]
     else:
-        ids = [int(i) for i in prompt]
+        ids = token_ids(prompt)
         bad = [i for i in ids if not 0 <= i < lm.vocab_size]
         if bad:
             raise BadPromptError(f"prompt token ids {bad[:5]} are outside the vocabulary of size {lm.vocab_size}")
     if not ids:
-        raise BadPromptError("the prompt is empty and the model has no BOS token to start from")
+        raise BadPromptError("the prompt is empty: give at least one token id, or text for a model with a BOS token")
     if len(ids) + room > lm.max_len:
         raise BadPromptError(
             f"the prompt has {len(ids)} tokens; with {room} new tokens that exceeds the model's "

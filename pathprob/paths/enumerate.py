@@ -17,30 +17,24 @@ k = tokens left after u.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pathprob.errors import BadPromptError, BudgetExceededError
-from pathprob.models.base import LanguageModel, encode_prompt
+from pathprob.errors import BadPromptError
+from pathprob.models.base import LanguageModel, State, check_max_new, encode_prompt, is_count, take_paths
 from pathprob.paths import frontier
+from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work, listed_paths_bound, monte_carlo
 from pathprob.paths.results import PathTable, log1mexp, logsumexp64
 from pathprob.paths.sets import TokenDFA
 
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Limits checked before an exact job runs (defaults fit a laptop)."""
-
-    max_nodes: int = 1 << 22  # prefixes expanded (model evaluations)
-    max_bytes: int = 2 << 30  # device path states + host tables
-
-
-DEFAULT_BUDGET = Budget()
 DEFAULT_CHUNK = 1024
 
 
@@ -70,63 +64,20 @@ class _Remainder:
 
 
 def _check_request(lm: LanguageModel, prompt, max_new: int, min_prob: float, max_paths: int | None) -> np.ndarray:
-    if not isinstance(max_new, int) or max_new <= 0:
-        raise BadPromptError(f"max_new must be a positive integer, got {max_new!r}")
-    if not 0.0 <= min_prob < 1.0:
-        raise BadPromptError(f"min_prob must be in [0, 1), got {min_prob!r}")
-    if max_paths is not None and max_paths <= 0:
+    check_max_new(max_new)
+    if not (isinstance(min_prob, (int, float, np.integer, np.floating)) and not isinstance(min_prob, bool)
+            and 0.0 <= min_prob < 1.0):
+        raise BadPromptError(f"min_prob must be a number in [0, 1), got {min_prob!r}")
+    if max_paths is not None and not is_count(max_paths):
         raise BadPromptError(f"max_paths must be a positive integer, got {max_paths!r}")
     return encode_prompt(lm, prompt, room=max_new)
 
 
-def _live_prefix_counts(dfa: TokenDFA, max_new: int, eos: int) -> list[float]:
-    """Number of token sequences of each length < max_new that keep the DFA live (no EOS)."""
-    extend = dfa.transitions.copy()
-    extend[:, eos] = -1
-    counts = np.zeros(dfa.n_states)
-    counts[dfa.initial] = 1.0
-    out = []
-    for _ in range(max_new):
-        out.append(float(counts[dfa.live].sum()))
-        step = np.zeros(dfa.n_states)
-        for s in np.nonzero(counts * dfa.live)[0]:
-            targets = extend[s][extend[s] >= 0]
-            np.add.at(step, targets, counts[s])
-        counts = step
-    return out
-
-
-def estimate_work(lm: LanguageModel, max_new: int, *, min_prob: float, max_paths: int | None,
-                  chunk: int, dfa: TokenDFA | None = None) -> tuple[int, int]:
-    """Upper bounds on (prefixes expanded, bytes held at once) for an enumeration.
-
-    At depth t at most min(V^t, 1/min_prob, max_paths) prefixes are expanded: at
-    most 1/min_prob prefixes of one depth can each have probability >= min_prob;
-    with a DFA, only the prefixes that keep it live.
-    """
-    V = lm.vocab_size
-    width_cap = min(max_paths or math.inf, 1.0 / min_prob if min_prob > 0 else math.inf)
-    widths = [min(float(V) ** t, width_cap) for t in range(max_new)]
-    if dfa is not None:
-        widths = [min(w, c) for w, c in zip(widths, _live_prefix_counts(dfa, max_new, lm.eos_id))]
-    nodes = int(min(sum(widths), 2**62))
-    widest = max(widths)
-    per_path = frontier.path_state_bytes(lm, max_new)
-    # Two frontiers alive (parents and children) plus chunk-sized buffers, and host tables of
-    # children: log-probs float64, tokens, DFA states.
-    device = 2 * frontier.bucket(int(min(widest, 2**40)), chunk) * per_path + 2 * chunk * per_path
-    host = widest * V * (8 + 4 + 4) + widest * max_new * 4
-    return nodes, int(min(device + host, 2**62))
-
-
 def _check_budget(lm, max_new, min_prob, max_paths, chunk, budget: Budget, dfa=None) -> tuple[int, int]:
     nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=max_paths, chunk=chunk, dfa=dfa)
-    if nodes > budget.max_nodes or nbytes > budget.max_bytes:
-        raise BudgetExceededError(
-            f"exact enumeration up to {max_new} tokens could expand {nodes:.3g} prefixes and hold "
-            f"{nbytes / 2**20:.0f} MiB (budget: {budget.max_nodes:.3g} prefixes, {budget.max_bytes / 2**20:.0f} MiB); "
-            "set min_prob (e.g. 1e-6) or max_paths, lower max_new, or use a Monte-Carlo method (mc, smc, hybrid)"
-        )
+    budget.require(f"exact enumeration of paths of up to {max_new} tokens needs up to", nodes, nbytes,
+                   "set min_prob (e.g. 1e-6) or max_paths, lower max_new, or estimate by Monte Carlo: "
+                   + monte_carlo("entropy"))
     return nodes, nbytes
 
 
@@ -271,6 +222,54 @@ def _rank(logp: np.ndarray) -> np.ndarray:
     return order
 
 
+_gather = jax.jit(take_paths)
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def _grow(pool: State, capacity: int) -> State:
+    """The pool with ``capacity`` slots, existing paths kept in theirs (one program per capacity)."""
+    pad = lambda x: jnp.pad(x, [(0, capacity - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    return pool.replace(paths=jax.tree.map(pad, pool.paths))
+
+
+class _Node:
+    """A prefix or path of the top-k search, stored by parent pointer: the same few bytes at any depth.
+
+    ``slot``: the pool slot of its state once expanded. Nodes compare by token sequence, which
+    orders heap entries of equal probability and kind as tuples of their tokens would.
+    """
+
+    __slots__ = ("depth", "parent", "slot", "token")
+
+    def __init__(self, parent: _Node | None, token: int):
+        self.parent, self.token, self.slot = parent, token, -1
+        self.depth = 0 if parent is None else parent.depth + 1
+
+    def tokens(self) -> list[int]:
+        out, node = [], self
+        while node.parent is not None:
+            out.append(node.token)
+            node = node.parent
+        return out[::-1]
+
+    def __lt__(self, other: _Node) -> bool:
+        return self.tokens() < other.tokens()
+
+
+# Host bytes of one entry, an upper bound: a heap entry or a result (tuple, float, node, token int, list slot
+# with room for over-allocation), or an expanded node (less: its entry is gone).
+_ENTRY_BYTES = (sys.getsizeof((0.0, 0, None)) + sys.getsizeof(0.0) + sys.getsizeof(_Node(None, 0))
+                + sys.getsizeof(1 << 20) + 16)
+_TOP_K_INSTEAD = ("lower k or max_new, or find the most probable paths by sampling: "
+                  + monte_carlo("sample", "pp.sample(lm, prompt, n, max_new, key=0)", "-n 20000"))
+
+
+def _top_k_bytes(k: int, entries: int, max_new: int) -> int:
+    """Host bytes of a top-k search holding ``entries`` heap entries, results and expanded nodes, and of
+    its final table of at most min(k, entries) paths (tokens, log-prob, EOS flag)."""
+    return entries * _ENTRY_BYTES + min(k, entries) * (4 * max_new + 8 + 1)
+
+
 def top_k(
     lm: LanguageModel,
     prompt: str | Sequence[int],
@@ -287,72 +286,87 @@ def top_k(
     path (ties: live prefixes are expanded first, then paths come in token
     order). ``stats["log_best_unexpanded"]`` is the certificate: the best
     prefix never expanded is no more probable than the k-th path.
+
+    Budget: refused up front when even the fewest expansions that can yield k
+    paths (k / V, each holding a pool slot; every token possible, as in a
+    Transformer) do not fit; during the search, every batch is checked before it
+    runs against the pool it needs (old and new pool while it grows) and the host
+    bytes of the heap, the results and the expanded nodes it will then hold.
     """
-    if not isinstance(k, int) or k <= 0:
+    if not is_count(k):
         raise BadPromptError(f"k must be a positive integer, got {k!r}")
     prompt_P = _check_request(lm, prompt, max_new, 0.0, None)
-    per_path = frontier.path_state_bytes(lm, max_new)
-    t0 = time.perf_counter()
+    k = int(k)
     V, eos = lm.vocab_size, lm.eos_id
+    per_path = frontier.path_state_bytes(lm, max_new)
+    found = min(k, listed_paths_bound(lm, max_new))  # the paths it returns when every token is possible
+    least = -(-found // V)
+    budget.require(f"the exact top-{k} search over paths of up to {max_new} tokens needs at least", least,
+                   (1 + least) * per_path + _top_k_bytes(k, found + least, max_new), _TOP_K_INSTEAD)
+    t0 = time.perf_counter()
     chunk = frontier.bucket(chunk, 8)
-    root, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
-    pool = frontier.grow(root, chunk)  # slot 0 holds the root
+    root_state, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
+    pool = _grow(root_state, chunk)  # slot 0 holds the root
+    root = _Node(None, -1)
+    root.slot = 0
     used = 1
-    # Heap entries: (-logp, kind, tokens, parent_slot); kind 0 = live prefix, 1 = complete path.
-    heap: list = []
+    identity_c = jnp.arange(chunk, dtype=jnp.int32)
+    heap: list = []  # entries (-logp, kind, node); kind 0 = live prefix, 1 = complete path
 
-    def push_children(slot: int, tokens: tuple, logp: float, next_logprobs: np.ndarray) -> None:
-        for v in np.nonzero(next_logprobs > -np.inf)[0]:
-            child_logp = logp + float(next_logprobs[v])
-            child = (*tokens, int(v))
-            done = v == eos or len(child) == max_new
-            heapq.heappush(heap, (-child_logp, int(done), child, slot))
+    def push_children(parent: _Node, logp: float, next_logprobs_V: np.ndarray) -> None:
+        child_logp_V = logp + next_logprobs_V
+        last = parent.depth + 1 == max_new
+        for v in np.nonzero(next_logprobs_V > -np.inf)[0].tolist():
+            heapq.heappush(heap, (-float(child_logp_V[v]), int(last or v == eos), _Node(parent, v)))
 
-    push_children(0, (), 0.0, np.asarray(logprobs_1V[0], np.float64))
-    results: list[tuple[float, tuple]] = []
+    push_children(root, 0.0, np.asarray(logprobs_1V[0], np.float64))
+    results: list[tuple[float, int, _Node]] = []
     nodes = 1
     while heap and len(results) < k:
         batch = []
         while heap and len(batch) < chunk:
-            neg_logp, done, tokens, slot = heap[0]
-            if done:
+            if heap[0][1]:
                 if batch:
                     break  # pending prefixes may extend to paths at least this probable
-                heapq.heappop(heap)
-                results.append((-neg_logp, tokens))
+                results.append(heapq.heappop(heap))
                 if len(results) == k:
                     break
                 continue
             batch.append(heapq.heappop(heap))
         if not batch:
             continue
-        if nodes + len(batch) > budget.max_nodes or (used + chunk) * per_path > budget.max_bytes:
-            raise BudgetExceededError(
-                f"top-{k} search expanded {nodes} prefixes and would exceed its budget "
-                f"({budget.max_nodes:.3g} prefixes, {budget.max_bytes / 2**20:.0f} MiB); lower k or max_new"
-            )
-        capacity = pool.batch_size
-        if used + chunk > capacity:
-            pool = frontier.grow(pool, frontier.bucket(used + chunk))
+        capacity = pool.batch_size  # a chunk is written whole at ``used``: room for all of it, so it never clips
+        grown = capacity if used + chunk <= capacity else frontier.bucket(used + chunk)
+        device = (grown + (capacity if grown > capacity else 0) + 2 * chunk) * per_path
+        host = _top_k_bytes(k, len(heap) + len(results) + nodes + len(batch) * (V + 1), max_new) + chunk * V * 8
+        budget.require(f"the exact top-{k} search reached {nodes:,} expanded prefixes; going on needs",
+                       nodes + len(batch), device + host, _TOP_K_INSTEAD)
+        if grown > capacity:
+            pool = _grow(pool, grown)
         parent_c = np.zeros(chunk, np.int32)
         token_c = np.zeros(chunk, np.int32)
-        for i, (_, _, tokens, slot) in enumerate(batch):
-            parent_c[i], token_c[i] = slot, tokens[-1]
-        child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_c), jnp.asarray(token_c))
+        for i, (_, _, node) in enumerate(batch):
+            parent_c[i], token_c[i] = node.parent.slot, node.token
+            node.slot = used + i
+        # Gather the parents first: then the model step compiles once per chunk shape, and only the
+        # gather (a small program) once per pool capacity.
+        parents = _gather(pool, jnp.asarray(parent_c))
+        child, logprobs_cV = frontier.expand(lm, parents, identity_c, jnp.asarray(token_c))
         pool = pool.replace(paths=frontier.write(pool.paths, child.paths, jnp.int32(used)))
         logprobs_cV = np.asarray(logprobs_cV, np.float64)
-        for i, (neg_logp, _, tokens, _) in enumerate(batch):
-            push_children(used + i, tokens, -neg_logp, logprobs_cV[i])
-        used += chunk
+        for i, (neg_logp, _, node) in enumerate(batch):
+            push_children(node, -neg_logp, logprobs_cV[i])
+        used += len(batch)  # the chunk's unused rows are overwritten by the next chunk
         nodes += len(batch)
 
     best_unexpanded = max((-e[0] for e in heap if not e[1]), default=-math.inf)
-    logp = np.array([lp for lp, _ in results], np.float64)
+    logp = np.array([-neg_logp for neg_logp, _, _ in results], np.float64)
     tokens = np.full((len(results), max_new), -1, np.int32)
-    for i, (_, seq) in enumerate(results):
+    for i, (_, _, node) in enumerate(results):
+        seq = node.tokens()
         tokens[i, : len(seq)] = seq
     lengths = (tokens >= 0).sum(axis=1).astype(np.int32)
-    is_eos = np.array([seq[-1] == eos for _, seq in results], bool)
+    is_eos = tokens[np.arange(len(results)), np.maximum(lengths - 1, 0)] == eos
     log_covered = logsumexp64(logp)
     stats = {"nodes": nodes, "seconds": time.perf_counter() - t0, "k": k,
              "log_best_unexpanded": best_unexpanded,

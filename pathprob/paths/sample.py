@@ -34,10 +34,21 @@ import numpy as np
 from pathprob.data.tokenizer import Tokenizer
 from pathprob.errors import PathprobError
 from pathprob.files import dumps
-from pathprob.models.base import LanguageModel, State, encode_prompt, repeat_paths
+from pathprob.models.base import LanguageModel, State, check_max_new, encode_prompt, repeat_paths
 from pathprob.paths import frontier
-from pathprob.paths.proposal import (MODEL, Guide, Proposal, allowed_tokens, entropy_rows, inverse_cdf, kl_rows,
-                                     make_guide, pick, restrict, warp)
+from pathprob.paths.proposal import (
+    MODEL,
+    Guide,
+    Proposal,
+    allowed_tokens,
+    entropy_rows,
+    inverse_cdf,
+    kl_rows,
+    make_guide,
+    pick,
+    restrict,
+    warp,
+)
 from pathprob.paths.sets import PathSet, TokenDFA
 
 DEFAULT_CHUNK = 4096
@@ -183,22 +194,33 @@ def contains(pathset: PathSet, tokens_NL: np.ndarray, lengths_N: np.ndarray, tok
 
 
 def as_key(key) -> tuple[jax.Array, int | None, tuple[int, ...]]:
-    """(typed key, integer seed or None, raw key data) from a key or an integer seed."""
+    """(typed key, integer seed or None, raw key data) from one key, its raw data, or an integer seed."""
     if key is None:
         raise PathprobError("sampling needs key=jax.random.key(seed) (or an integer seed)")
     seed = None
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer, jax.Array, np.ndarray)):
+        raise PathprobError(f"key must be jax.random.key(seed) or an integer seed, got {type(key).__name__}")
     if isinstance(key, (int, np.integer)):
+        if not -(2**63) <= key < 2**63:
+            raise PathprobError(f"an integer seed must fit in 64 bits (signed), got {key}")
         seed, key = int(key), jax.random.key(int(key))
     elif not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)
+        try:
+            key = jax.random.wrap_key_data(key)
+        except TypeError:
+            raw = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+            raise PathprobError(f"key is neither a PRNG key nor its raw data ({raw.dtype}{list(raw.shape)}): got "
+                                f"{key.dtype}{list(key.shape)}; pass jax.random.key(seed) or an integer seed") from None
+    if key.shape != ():
+        raise PathprobError(f"key must be one PRNG key, got an array of {key.shape} keys; pass key[0] or fold_in")
     return key, seed, tuple(int(x) for x in np.asarray(jax.random.key_data(key)).ravel())
 
 
 def chunk_size(n: int, chunk: int) -> int:
     """The power-of-two batch every chunk of a run of ``n`` samples uses."""
-    if not isinstance(n, (int, np.integer)) or n <= 0:
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise PathprobError(f"n must be a positive integer, got {n!r}")
-    if not isinstance(chunk, (int, np.integer)) or chunk <= 0:
+    if isinstance(chunk, (bool, np.bool_)) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
         raise PathprobError(f"chunk must be a positive integer, got {chunk!r}")
     return frontier.bucket(min(int(n), frontier.bucket(int(chunk))))
 
@@ -233,8 +255,7 @@ def stream(
     ``track``: per-path sums of per-step ``entropy`` (of ``lm``'s next-token
     distribution) and ``kl`` (KL(proposal || lm) per step).
     """
-    if not isinstance(max_new, int) or max_new <= 0:
-        raise PathprobError(f"max_new must be a positive integer, got {max_new!r}")
+    check_max_new(max_new)
     unknown = set(track) - set(TRACKS)
     if unknown:
         raise PathprobError(f"unknown tracked quantities {sorted(unknown)}; choose from {TRACKS}")

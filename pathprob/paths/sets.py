@@ -16,6 +16,8 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable
+from re import _constants as re_constants  # the stdlib regex parser: sizes a pattern before interegular expands it
+from re import _parser as re_parser
 
 import interegular
 import numpy as np
@@ -89,11 +91,24 @@ class Regex(PathSet):
     pattern: str
 
     def __post_init__(self):
+        if not isinstance(self.pattern, str):
+            raise BadPathSetError(f"a regular expression must be text, got {type(self.pattern).__name__}")
         try:
-            re.compile(self.pattern)
+            size = _expanded_size(re_parser.parse(self.pattern))
+        except re.error as err:
+            raise BadPathSetError(f"invalid regular expression {self.pattern!r}: {err}") from None
+        if size > MAX_REGEX_SIZE:
+            raise BadPathSetError(f"regular expression {self.pattern!r} expands to about {size:,} characters "
+                                  f"(more than {MAX_REGEX_SIZE:,}); its automaton would be too large")
+        try:
             self._fsm  # noqa: B018 - validate eagerly so a bad pattern fails where it is written
-        except (re.error, interegular.patterns.InvalidSyntax, NotImplementedError, ValueError) as err:
-            raise BadPathSetError(f"invalid regular expression {self.pattern!r}: {err or type(err).__name__}") from None
+        except interegular.patterns.Unsupported as err:
+            raise BadPathSetError(f"regular expression {self.pattern!r} uses syntax a finite automaton cannot "
+                                  f"express here (anchors, \\b, lookarounds, group references): {err}") from None
+        except (interegular.patterns.InvalidSyntax, AttributeError, TypeError, ValueError, NotImplementedError) as err:
+            # interegular fails on some valid syntax (comments) with internal errors
+            raise BadPathSetError(f"regular expression {self.pattern!r} is not supported "
+                                  f"({type(err).__name__}: {err})") from None
 
     @functools.cached_property
     def _fsm(self):
@@ -108,6 +123,27 @@ class Regex(PathSet):
 
     def __str__(self) -> str:
         return f"Regex({self.pattern!r})"
+
+
+MAX_REGEX_SIZE = 2000  # characters a pattern may expand to, counting repeats ({n} copies its body n times)
+
+
+def _expanded_size(parsed) -> int:
+    """How many characters ``parsed`` (``re._parser`` output) spells out with every bounded repeat expanded."""
+    size = 0
+    for op, arg in parsed:
+        if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.POSSESSIVE_REPEAT):
+            low, high, body = arg
+            size += max(low, 1 if high == re_constants.MAXREPEAT else high) * _expanded_size(body)
+        elif op == re_constants.SUBPATTERN:
+            size += _expanded_size(arg[-1])
+        elif op == re_constants.BRANCH:
+            size += sum(_expanded_size(branch) for branch in arg[1])
+        elif op in (re_constants.ASSERT, re_constants.ASSERT_NOT):
+            size += _expanded_size(arg[1])
+        else:
+            size += 1
+    return size
 
 
 @functools.lru_cache(maxsize=64)
