@@ -17,8 +17,10 @@ paths drawn from p restricted to the frontier: a frontier prefix u with probabil
 p(u) / r (host float64, 53-bit uniforms from the key), then continued ancestrally with
 the KV cache (the sampler forces u's tokens and samples the rest). Every draw lands in
 the remainder, unlike rejection sampling from the model, which would keep a fraction r
-of its draws. The hits are binomial: the Wilson interval on the fraction, mapped through
-head + r · fraction, never leaves the proven bounds.
+of its draws. The hits are binomial: the exact (Clopper-Pearson) interval on the
+fraction, mapped through head + r · fraction, never leaves the proven bounds; it is
+then widened for float32 rounding (``intervals.widen``). The estimate is flagged
+unreliable when neither the head nor any draw met the set.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from collections.abc import Sequence
 
 import jax
@@ -36,11 +37,12 @@ import numpy as np
 from pathprob.errors import BadPromptError, BudgetExceededError
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths import frontier
-from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, estimate_work
-from pathprob.paths.intervals import wilson
+from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work
+from pathprob.paths.intervals import clip, clopper_pearson, widen
 from pathprob.paths.proposal import reach_table
 from pathprob.paths.results import Estimate, logsumexp64
-from pathprob.paths.sample import DEFAULT_CHUNK, as_key, contains, stream
+from pathprob.paths.running import OnChunk, Run, fold_chunks
+from pathprob.paths.sample import DEFAULT_CHUNK, contains, stream
 from pathprob.paths.sets import PathSet
 
 
@@ -154,12 +156,12 @@ def hybrid_mass(
     chunk: int = DEFAULT_CHUNK,
     level: float = 0.95,
     budget: Budget = DEFAULT_BUDGET,
+    on_chunk: OnChunk | None = None,
 ) -> Estimate:
     """P(set): exact over prefixes above ``min_prob``, ``n`` samples for the pruned remainder."""
-    t0 = time.perf_counter()
     if not 0 < min_prob < 1:
         raise BadPromptError(f"hybrid needs min_prob in (0, 1), got {min_prob!r}")
-    key, seed, _ = as_key(key)
+    key, run = Run.start(key)
     prompt_P = encode_prompt(lm, prompt, room=max_new)
     nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=None, chunk=frontier.bucket(chunk))
     if nodes > budget.max_nodes or nbytes > budget.max_bytes:
@@ -171,14 +173,14 @@ def hybrid_mass(
     head = math.exp(logsumexp64(result.log_in))
     frontier_logp = result.items[3]
     rest = math.exp(logsumexp64(frontier_logp))
-    upper_bound = min(head + rest, 1.0)
-    details = {"head": head, "remainder": rest, "proven_lower": head, "proven_upper": upper_bound,
+    proven = (head, min(head + rest, 1.0))
+    details = {"head": head, "remainder": rest, "proven_lower": proven[0], "proven_upper": proven[1],
                "proven_outside": math.exp(logsumexp64(result.log_out)), "nodes": result.nodes,
                "frontier_prefixes": int(frontier_logp.size), "min_prob": min_prob,
-               "interval": "Wilson on the remainder's fraction in the set, head + remainder · [lower, upper]"}
+               "interval": "Clopper-Pearson on the remainder's fraction in the set, head + remainder · [lower, upper]"}
     if rest == 0.0:
-        return Estimate(value=head, lower=head, upper=head, method="hybrid", exact=True, seed=seed,
-                        seconds=time.perf_counter() - t0, details=details)
+        return run.estimate("hybrid", head, (head, head), n=0, level=None, stderr=0.0, ess=math.nan,
+                            details=details, exact=True)
     weights = np.exp(frontier_logp - frontier_logp.max())
     cdf = np.cumsum(weights) / np.sum(weights)
     pick_key, sample_key = jax.random.split(key)
@@ -187,15 +189,21 @@ def hybrid_mass(
         u = _uniforms(jax.random.fold_in(pick_key, index), rows)
         return result.prefixes(np.minimum(np.searchsorted(cdf, u, side="right"), cdf.size - 1))
 
-    hits = 0
-    for part in stream(lm, prompt_P, n, max_new, key=sample_key, chunk=chunk, prefixes=prefixes,
-                       dfa=pathset.dfa(lm.tokenizer)):
+    def estimate(counts: tuple[int, int]) -> Estimate:
+        hits, done = counts
+        fraction = hits / done
+        low, high = clopper_pearson(hits, done, level)
+        interval = widen(clip((head + rest * low, head + rest * high), *proven), max_new)
+        return run.estimate("hybrid", head + rest * fraction, interval, n=done, level=level,
+                            stderr=rest * math.sqrt(fraction * (1 - fraction) / done), ess=float(done),
+                            hits=hits if head == 0 else None, details={**details, "hits": hits})
+
+    def fold(counts: tuple[int, int], part) -> tuple[int, int]:
         inside = part.extras.get("accepted")
         if inside is None:
             inside = contains(pathset, part.tokens, part.lengths, lm.tokenizer)
-        hits += int(np.sum(inside))
-    fraction = hits / n
-    low, high = wilson(hits, n, level)
-    return Estimate(value=head + rest * fraction, lower=head + rest * low, upper=min(head + rest * high, upper_bound),
-                    method="hybrid", n=n, stderr=rest * math.sqrt(fraction * (1 - fraction) / n), ess=float(n),
-                    seconds=time.perf_counter() - t0, level=level, seed=seed, details={**details, "hits": hits})
+        return counts[0] + int(np.sum(inside)), counts[1] + len(part)
+
+    parts = stream(lm, prompt_P, n, max_new, key=sample_key, chunk=chunk, prefixes=prefixes,
+                   dfa=pathset.dfa(lm.tokenizer))
+    return fold_chunks(parts, fold, (0, 0), estimate, total=n, on_chunk=on_chunk)

@@ -1,28 +1,34 @@
-"""DFA-guided sequential importance sampling and SMC estimates of a set's mass.
+"""DFA-guided sequential importance sampling and SMC estimates of a set's mass, with betting intervals.
 
 At each step the proposal is the model restricted to the tokens after which the path can
 still end inside the set (``proposal.allowed_tokens``: the DFA, run inside jit, with the
 number of tokens left), renormalised. The weight multiplies by the allowed mass
 Z_t = sum over allowed v of p(v | x_<t), so the final weight prod_t Z_t · 1[accepted] is
-an unbiased estimate of P(S), in [0, 1]; when every allowed path ends inside the set
-(always, with this look-ahead, unless the model gives the allowed tokens probability 0)
-and the Z_t do not depend on the path, it has zero variance.
+an unbiased estimate of P(S); when every allowed path ends inside the set (always, with
+this look-ahead, unless the model gives the allowed tokens probability 0) and the Z_t do
+not depend on the path, it has zero variance.
 
-Without resampling the weights are i.i.d.: the interval is the normal one,
-mean ± z·sd/√n. With resampling (systematic, whenever ESS/B drops below ``resample``),
-each replicate of B particles estimates P(S) by the product over resampling stages of
-the mean incremental weights, unbiased because resampling preserves the expected
-unnormalised measure given the particles (Del Moral 2004; the decision to resample is a
-function of the current weights, so adaptivity keeps this property). Replicates are
-independent: the interval is mean ± t_{R-1}·sd/√R over R replicates.
+Every weight lies in [0, Z_1]: Z_1, the allowed mass at the first step, is the same for
+every path, and each later factor is at most 1 (so P(S) <= Z_1 too). Without
+resampling the weights are i.i.d.: the interval is Waudby-Smith & Ramdas's betting
+interval for the mean of weights / Z_1 in [0, 1], valid at every n with no assumption on
+their distribution (``intervals.betting_interval``). With resampling (systematic,
+whenever ESS/B drops below ``resample``), each replicate of B particles estimates P(S)
+by the product over resampling stages of the mean incremental weights: unbiased because
+resampling preserves the expected unnormalised measure given the particles (Del Moral
+2004; the decision to resample is a function of the current weights, so adaptivity keeps
+this property), and in [0, Z_1] because every stage's mean is at most 1 after the first.
+Replicates are independent, so the interval is the betting interval over the R
+replicates: valid for P(S) at every R, but as it assumes only the bound its upper end
+is at least about Z_1 · log(2/α) / (0.75 R), so resampling needs many replicates.
+Both intervals are widened for float32 rounding (``intervals.widen``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +37,11 @@ import numpy as np
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, State, encode_prompt, repeat_paths, take_paths
 from pathprob.paths import frontier
-from pathprob.paths.intervals import LogMoments, clip, normal_interval, t_interval
-from pathprob.paths.results import Estimate, logsumexp64
+from pathprob.paths.intervals import LogMoments, betting_interval, widen
 from pathprob.paths.proposal import Guide, Proposal, allowed_tokens, inverse_cdf, make_guide, restrict
-from pathprob.paths.sample import DEFAULT_CHUNK, as_key, stream
+from pathprob.paths.results import Estimate, logsumexp64
+from pathprob.paths.running import OnChunk, Run, fold_chunks
+from pathprob.paths.sample import DEFAULT_CHUNK, stream
 from pathprob.paths.sets import PathSet
 
 MIN_REPLICATES = 8
@@ -106,7 +113,7 @@ def smc_mass(
     particles: int = 1024,
     chunk: int = DEFAULT_CHUNK,
     level: float = 0.95,
-    on_chunk: Callable[[int, int, Estimate], None] | None = None,
+    on_chunk: OnChunk | None = None,
 ) -> Estimate:
     """P(set) by DFA-guided sequential importance sampling, or SMC with ``resample`` in (0, 1].
 
@@ -118,69 +125,102 @@ def smc_mass(
     if dfa is None:
         raise PathprobError(f"method 'smc' needs a set with a DFA (a Regex or a combination of Regex sets); {pathset} "
                             "has none: use method 'mc', 'is' or 'hybrid'")
-    t0 = time.perf_counter()
-    _, seed, _ = as_key(key)
-    if resample is None:
-        return _sis(lm, prompt, dfa, max_new, n=n, key=key, chunk=chunk, level=level, on_chunk=on_chunk,
-                    t0=t0, seed=seed)
-    if not 0 < resample <= 1:
+    if resample is not None and not 0 < resample <= 1:
         raise PathprobError(f"resample must be an ESS fraction in (0, 1], got {resample!r}")
-    return _smc(lm, prompt, dfa, max_new, n=n, key=key, threshold=float(resample), particles=particles, level=level,
-                on_chunk=on_chunk, t0=t0, seed=seed)
-
-
-def _sis(lm, prompt, dfa, max_new, *, n, key, chunk, level, on_chunk, t0, seed) -> Estimate:
-    weights = LogMoments()
-    done = 0
-
-    def estimate() -> Estimate:
-        value, stderr = weights.mean, weights.stderr
-        lower, upper = clip(normal_interval(value, stderr, level), 0.0, 1.0)
-        return Estimate(value=value, lower=lower, upper=upper, method="smc", n=weights.n, stderr=stderr,
-                        ess=weights.ess, seconds=time.perf_counter() - t0, level=level, seed=seed,
-                        details={"resampling": None, "log_value": weights.log_mean,
-                                 "interval": "normal: mean ± z·sd/√n over i.i.d. weights prod_t Z_t in [0, 1]"})
-
-    for part in stream(lm, prompt, n, max_new, key=key, chunk=chunk, proposal=Proposal(guided=True), dfa=dfa):
-        weights.add(np.where(part.extras["accepted"], part.log_weights, -np.inf))
-        done += len(part)
-        if on_chunk is not None:
-            on_chunk(done, n, estimate())
-    return estimate()
-
-
-def _smc(lm, prompt, dfa, max_new, *, n, key, threshold, particles, level, on_chunk, t0, seed) -> Estimate:
-    if not isinstance(n, int) or n < 2:
+    if resample is not None and (not isinstance(n, int) or n < 2):
         raise PathprobError(f"smc with resampling needs n >= 2, got {n!r}")
-    key, _, _ = as_key(key)
+    key, run = Run.start(key)
+    prompt_P = encode_prompt(lm, prompt, room=max_new)
+    root, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
+    guide = make_guide(dfa, max_new, lm.eos_id)
+    log_bound = float(_log_first_mass(logprobs_1V, guide, max_new=max_new, eos=lm.eos_id))
+    if resample is None:
+        return _sis(lm, prompt_P, guide, dfa, max_new, n=n, key=key, chunk=chunk, level=level, on_chunk=on_chunk,
+                    run=run, log_bound=log_bound)
+    return _smc(lm, root, guide, max_new, n=n, key=key, threshold=float(resample), particles=particles, level=level,
+                on_chunk=on_chunk, run=run, log_bound=log_bound)
+
+
+@functools.partial(jax.jit, static_argnames=("max_new", "eos"))
+def _log_first_mass(logprobs_1V: jax.Array, guide: Guide, *, max_new: int, eos: int) -> jax.Array:
+    """log Z_1: the allowed mass at the first step, the same for every path, which bounds every weight."""
+    allowed_1V = allowed_tokens(guide, guide.initial[None], max_new - 1, eos)
+    return restrict(logprobs_1V, allowed_1V)[1][0]
+
+
+def _bounded_interval(log_x: np.ndarray, log_bound: float, level: float, planned: int,
+                      max_new: int) -> tuple[float, float]:
+    """The betting interval for the mean of exp(``log_x``) in [0, exp(``log_bound``)], widened for float32.
+
+    The scaled values are clipped at 1: a weight can exceed Z_1 only by the float32
+    rounding of a batch that computed Z_1 in another shape, which ``widen`` covers.
+    """
+    if log_bound == -math.inf:
+        return 0.0, 0.0
+    bound = math.exp(log_bound)
+    lower, upper = betting_interval(np.minimum(np.exp(log_x - log_bound), 1.0), level, planned=planned)
+    lower, upper = widen((bound * lower, bound * upper), max_new)
+    return lower, min(upper, 1.0)
+
+
+def _sis(lm, prompt_P, guide, dfa, max_new, *, n, key, chunk, level, on_chunk, run, log_bound) -> Estimate:
+    """The state is the tuple of each chunk's log weights (float64, -inf outside the set)."""
+
+    def estimate(log_w_parts: tuple[np.ndarray, ...]) -> Estimate:
+        log_w = np.concatenate(log_w_parts)
+        weights = LogMoments().plus(log_w)
+        hits = int(np.sum(np.isfinite(log_w)))
+        interval = _bounded_interval(log_w, log_bound, level, n, max_new)
+        return run.estimate("smc", weights.mean, interval, n=weights.n, level=level, stderr=weights.stderr,
+                            ess=weights.ess, hits=hits, weighted_ess=True,
+                            details={"resampling": None, "log_value": weights.log_mean, "hits": hits,
+                                     "bound": math.exp(log_bound),
+                                     "interval": "betting (Waudby-Smith & Ramdas) over i.i.d. weights prod_t Z_t "
+                                                 "in [0, Z_1]"})
+
+    fold = lambda parts, part: (*parts, np.where(part.extras["accepted"], part.log_weights, -np.inf))
+    parts = stream(lm, prompt_P, n, max_new, key=key, chunk=chunk, proposal=Proposal(guided=True), dfa=dfa)
+    # The betting interval costs O(n): running estimates are refreshed as n grows by 10%.
+    return fold_chunks(parts, fold, (), estimate, total=n, on_chunk=on_chunk, refresh=1.1)
+
+
+def _replicate_size(n: int, particles: int) -> int:
+    """Particles per replicate: ``particles`` (a power of two) unless that leaves fewer than 8 replicates."""
     size = frontier.bucket(particles)
     if -(-n // size) < MIN_REPLICATES:
         size = max(1, 1 << ((n // MIN_REPLICATES).bit_length() - 1)) if n >= MIN_REPLICATES else 1
+    return size
+
+
+def _smc(lm, root, guide, max_new, *, n, key, threshold, particles, level, on_chunk, run, log_bound) -> Estimate:
+    """The state is a tuple of one (log estimate, final ESS, resampling steps, accepted particles) per replicate."""
+    size = _replicate_size(n, particles)
     replicates = max(-(-n // size), 2)
-    prompt_P = encode_prompt(lm, prompt, room=max_new)
-    root = frontier.start(lm, jnp.asarray(prompt_P), max_new)[0]
-    guide = make_guide(dfa, max_new, lm.eos_id)
-    values, ess, stages = LogMoments(), 0.0, []
 
-    def estimate() -> Estimate:
-        value, stderr = values.mean, values.stderr
-        lower, upper = clip(t_interval(value, stderr, values.n, level), 0.0, 1.0)
-        return Estimate(value=value, lower=lower, upper=upper, method="smc", n=values.n * size, stderr=stderr,
-                        ess=ess, seconds=time.perf_counter() - t0, level=level, seed=seed,
-                        details={"resampling": f"systematic when ESS < {threshold:g}·particles",
-                                 "particles": size, "replicates": values.n, "log_value": values.log_mean,
-                                 "mean_resampling_steps": float(np.mean(stages)) if stages else 0.0,
-                                 "interval": "t over independent replicates: mean ± t_{R-1}·sd/√R"})
+    def draw():
+        for r in range(replicates):
+            yield jax.device_get(_smc_chunk(lm, root, guide, jax.random.fold_in(key, r), batch=size, max_new=max_new,
+                                            threshold=threshold))
 
-    for r in range(replicates):
-        out = jax.device_get(_smc_chunk(lm, root, guide, jax.random.fold_in(key, r), batch=size, max_new=max_new,
-                                        threshold=threshold))
+    def fold(done: tuple, out: dict) -> tuple:
         logw_B = np.where(out["accepted"], np.asarray(out["logw"], np.float64), -np.inf)
         log_z = float(np.sum(np.asarray(out["log_stage"], np.float64))) + logsumexp64(logw_B) - math.log(size)
-        values.add([log_z])
         finite = logw_B[np.isfinite(logw_B)]
-        ess += float(np.exp(2 * logsumexp64(finite) - logsumexp64(2 * finite))) if finite.size else 0.0
-        stages.append(int(np.sum(out["resampled"])))
-        if on_chunk is not None and values.n >= 2:
-            on_chunk(values.n * size, replicates * size, estimate())
-    return estimate()
+        ess = float(np.exp(2 * logsumexp64(finite) - logsumexp64(2 * finite))) if finite.size else 0.0
+        return (*done, (log_z, ess, int(np.sum(out["resampled"])), finite.size))
+
+    def estimate(done: tuple) -> Estimate:
+        log_z, ess, stages, accepted = (np.asarray(column) for column in zip(*done))
+        values = LogMoments().plus(log_z)
+        hits = int(np.sum(accepted))
+        return run.estimate("smc", values.mean, _bounded_interval(log_z, log_bound, level, replicates, max_new),
+                            n=values.n * size, level=level, stderr=values.stderr, ess=float(np.sum(ess)), hits=hits,
+                            weighted_ess=True,
+                            details={"resampling": f"systematic when ESS < {threshold:g}·particles",
+                                     "particles": size, "replicates": values.n, "log_value": values.log_mean,
+                                     "mean_resampling_steps": float(np.mean(stages)), "hits": hits,
+                                     "bound": math.exp(log_bound),
+                                     "interval": "betting (Waudby-Smith & Ramdas) over i.i.d. replicate estimates "
+                                                 "in [0, Z_1]"})
+
+    return fold_chunks(draw(), fold, (), estimate, total=replicates * size, on_chunk=on_chunk, count=lambda _: size)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from collections.abc import Sequence
 
 import jax
@@ -42,10 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathprob.errors import PathprobError
-from pathprob.models.base import LanguageModel, State, encode_prompt, repeat_paths, take_paths
+from pathprob.models.base import LanguageModel, State, check_max_new, encode_prompt, repeat_paths, take_paths
 from pathprob.paths import frontier
-from pathprob.paths.intervals import clip, z_quantile
+from pathprob.paths.intervals import clip, widen, z_quantile
 from pathprob.paths.results import Estimate
+from pathprob.paths.running import Run
 from pathprob.paths.sample import as_key, contains
 from pathprob.paths.sets import PathSet
 
@@ -127,8 +127,7 @@ def sample_distinct(lm: LanguageModel, prompt: str | Sequence[int], k: int, max_
     """``k`` distinct paths by stochastic beam search (fewer when fewer paths exist)."""
     if not isinstance(k, int) or k <= 0:
         raise PathprobError(f"swor needs a positive integer number of paths (n = k), got {k!r}")
-    if not isinstance(max_new, int) or max_new <= 0:
-        raise PathprobError(f"max_new must be a positive integer, got {max_new!r}")
+    check_max_new(max_new)
     key, _, _ = as_key(key)
     prompt_P = encode_prompt(lm, prompt, room=max_new)
     root = frontier.start(lm, jnp.asarray(prompt_P), max_new)[0]
@@ -167,32 +166,35 @@ def _interval(sample: DistinctSample, f: np.ndarray, f_scale: float, level: floa
 
 
 def _estimate(sample: DistinctSample, f: np.ndarray, f_scale: float, bounds: tuple[float, float], *, estimand: str,
-              level: float, t0: float, seed: int | None) -> Estimate:
+              level: float, run: Run, max_new: int, hits: int | None = None) -> Estimate:
     value, stderr, lower, upper = _interval(sample, f, f_scale, level)
-    lower, upper = clip((lower, upper), *bounds)
+    interval = clip((lower, upper), *bounds)
+    if not sample.complete:
+        interval = widen(interval, max_new, absolute=estimand == "entropy")
     w = sample.ht_weights
     ess = float(np.sum(w) ** 2 / np.sum(w * w)) if w.size else 0.0
-    return Estimate(value=min(max(value, bounds[0]), bounds[1]), lower=lower, upper=upper, method="swor",
-                    n=len(w), stderr=stderr, ess=ess, exact=sample.complete, seconds=time.perf_counter() - t0,
-                    level=None if sample.complete else level, seed=seed,
-                    details={"estimand": estimand, "kappa": sample.kappa, "distinct_paths": len(w),
-                             "proven_lower": bounds[0], "proven_upper": bounds[1],
-                             "interval": "union of the normal interval (priority-sampling variance) and a Poisson "
-                                         "score interval for the unsampled part, within the proven bounds"})
+    return run.estimate("swor", min(max(value, bounds[0]), bounds[1]), interval, n=len(w), stderr=stderr, ess=ess,
+                        exact=sample.complete, level=None if sample.complete else level,
+                        hits=None if sample.complete else hits,
+                        details={"estimand": estimand, "kappa": sample.kappa, "distinct_paths": len(w),
+                                 "proven_lower": bounds[0], "proven_upper": bounds[1],
+                                 "interval": "union of the normal interval (priority-sampling variance) and a "
+                                             "Poisson score interval for the unsampled part, within the proven "
+                                             "bounds"})
 
 
 def swor_mass(lm: LanguageModel, prompt, pathset: PathSet, max_new: int, *, n: int, key,
               level: float = 0.95) -> Estimate:
     """P(set) from ``n`` distinct paths (sum over those in the set of p_i / q_i)."""
-    t0 = time.perf_counter()
-    _, seed, _ = as_key(key)
+    key, run = Run.start(key)
     sample = sample_distinct(lm, prompt, n, max_new, key=key)
     inside = contains(pathset, sample.tokens, sample.lengths, lm.tokenizer)
     p = np.exp(sample.logp)
     bounds = (float(np.sum(p[inside])), max(0.0, 1.0 - float(np.sum(p[~inside]))))
     if sample.complete:
         bounds = (bounds[0], bounds[0])
-    return _estimate(sample, inside.astype(np.float64), 1.0, bounds, estimand="mass", level=level, t0=t0, seed=seed)
+    return _estimate(sample, inside.astype(np.float64), 1.0, bounds, estimand="mass", level=level, run=run,
+                     max_new=max_new, hits=int(np.sum(inside)))
 
 
 def swor_entropy(lm: LanguageModel, prompt, max_new: int, *, n: int, key, level: float = 0.95) -> Estimate:
@@ -201,12 +203,11 @@ def swor_entropy(lm: LanguageModel, prompt, max_new: int, *, n: int, key, level:
     Proven bounds: the listed paths' own terms plus, for the unlisted mass r (no path
     of which exceeds r), at least r log(1/r) and at most r log(N / r), N paths in all.
     """
-    t0 = time.perf_counter()
-    _, seed, _ = as_key(key)
+    key, run = Run.start(key)
     sample = sample_distinct(lm, prompt, n, max_new, key=key)
     listed = float(np.sum(-np.exp(sample.logp) * sample.logp))
     rest = 0.0 if sample.complete else max(0.0, -math.expm1(float(np.logaddexp.reduce(sample.logp))))
     log_rest = math.log(rest) if rest > 0 else 0.0
     bounds = (listed - rest * log_rest, listed + rest * (log_num_paths(lm.vocab_size, max_new) - log_rest))
     return _estimate(sample, -sample.logp, float(np.max(-sample.logp, initial=0.0)), bounds, estimand="entropy",
-                     level=level, t0=t0, seed=seed)
+                     level=level, run=run, max_new=max_new)
