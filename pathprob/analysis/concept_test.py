@@ -1,13 +1,11 @@
-"""The concept-space experiments of Singh (2023), on a model of the ``concepts`` language.
+"""The concept-space experiments of Singh (2023), on a model of the ``concepts`` language, with controls.
 
 The theory says aggregates of embedding vectors behave like concepts. The paper
-tested it on HellaSwag; here the task is built from the concepts language, whose
-truth is exact:
+tested it on HellaSwag; here the multiple-choice items come from the concepts
+language, whose truth is exact (:mod:`pathprob.analysis.concept_items`: the gold
+is the truth's answer, and the distractors are matched so that letter counts and
+the truth's context-free preference are at chance).
 
-- An *item*: BOS and ``k`` in-context examples of one concept, then four
-  candidate next examples (each 5 letters and SEP): one more example of that
-  concept and one each of three other concepts, in random order. The gold answer
-  is the candidate the exact truth finds most probable.
 - **Test 1**, generation from aggregated concepts: each context segment (the
   whole context after BOS, or one segment per example) is replaced by one vector,
   the mean / position-weighted mean / last of its token vectors, taken from the
@@ -16,16 +14,30 @@ truth is exact:
   vectors are fed as input embeddings (the model adds positional embeddings at
   the new, contiguous positions), followed by the candidate's tokens; each
   candidate is scored by its log-probability. ``segment="full"`` keeps every
-  token: it is the model's own full-context answer (the base).
+  token: it is the model's own full-context answer, the *base*.
 - **Test 2**, concept similarity, no LM head: the dot product (or cosine) between
   the aggregated context vector (BOS and all examples) and the aggregated
   candidate vector (candidate tokens after BOS, run on their own).
 
-Reported per condition: accuracy against gold, accuracy / base accuracy, and the
-chance-corrected (acc - 1/4) / (base - 1/4), each with a paired bootstrap interval
-over items. With k = 0 the context is BOS alone: there is nothing to aggregate
-(Test 1 equals the base) and Test 2's context vector is the same for every item.
-Shapes: N items, C = 4 candidates, L candidate length, Q prefix vectors, D width.
+Every condition is scored, on the same items, by the model and three controls:
+``context-free`` (the model scoring the candidates after BOS alone),
+``random init`` (the same condition on the same architecture at initialisation,
+``init_transformer(config, random_seed)``), and ``bag of tokens`` (the letter-count
+score of the same test, no model). A choice is credited 1 / (number of tied top
+candidates) when the gold is among them. Intervals come from one paired bootstrap
+over items (multinomial resampling weights) shared by every scorer and condition. The corrected score is
+(acc - best control) / (base - best control), the best control being the most
+accurate of the three (recomputed in every resample).
+
+Verdict of a condition at k >= 1, with the m conditions of its test at that k
+judged together (Bonferroni: paired intervals of model - control at level
+1 - (1 - level) / m): ``supports`` when the lower end is above 0 for every
+control; ``does not support`` when the upper end is below 0 for the most accurate
+control; otherwise ``inconclusive``. A test supports at k when one of its
+conditions does, does not support when all do not, and is inconclusive
+otherwise. With k = 0 the context is BOS alone: rows are ``no context``, with no
+correction and no verdict. Shapes: N items, C candidates, L candidate length,
+Q prefix vectors, D width, S scorers, B bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -39,56 +51,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathprob.analysis import internals
+from pathprob.analysis.concept_items import Task, bag_scores, make_task
 from pathprob.data.concepts import Concepts
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel
-from pathprob.paths.score import score
+from pathprob.models.transformer import TransformerLM, init_transformer
 
-CHANCE = 0.25
 AGGREGATORS = ("mean", "weighted", "last")
 SEGMENTS = ("full", "context", "example")
 SIMILARITIES = ("dot", "cos")
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """``context_NT`` int32 (BOS + k examples with SEPs), ``candidates_NCL`` int32 (letters + SEP),
-    ``gold_N`` (the truth's most probable candidate), ``concept_N`` (the candidate from the context's concept)."""
-
-    k: int
-    example_len: int
-    context_NT: np.ndarray
-    candidates_NCL: np.ndarray
-    gold_N: np.ndarray
-    concept_N: np.ndarray
-
-
-def make_task(language: Concepts, k: int, n: int, *, seed: int = 0) -> Task:
-    """``n`` items with ``k`` in-context examples; deterministic in ``seed``."""
-    if not 0 <= k < language.n_examples:
-        raise PathprobError(f"k must be in [0, {language.n_examples - 1}] for concepts, got {k}")
-    if language.n_concepts < 4:
-        raise PathprobError("the concept test needs at least 4 concepts (one right answer, three others)")
-    rng = np.random.default_rng([seed, k])
-    width = language.example_len + 1
-    concept_M, docs = language.sample_concepts(rng, n)
-    pool_concepts, pool_docs = language.sample_concepts(rng, 8 * n + 64)
-    pools = {c: list(pool_docs[pool_concepts == c, 1 : 1 + width]) for c in range(language.n_concepts)}
-    context = docs[:, : 1 + k * width]
-    candidates = np.empty((n, 4, width), np.int32)
-    concept_N = np.empty(n, np.int64)
-    for i in range(n):
-        others = rng.choice([c for c in range(language.n_concepts) if c != concept_M[i]], 3, replace=False)
-        if any(not pools[c] for c in others):
-            raise PathprobError("ran out of sampled distractor examples; use fewer items")
-        options = [docs[i, 1 + k * width : 1 + (k + 1) * width], *(pools[c].pop() for c in others)]
-        order = rng.permutation(4)
-        candidates[i] = np.asarray(options)[order]
-        concept_N[i] = int(np.argmin(order))  # where option 0 (the context's concept) went
-    truth = language.truth()
-    gold = np.array([int(np.argmax(score(truth, list(ctx), list(cands)))) for ctx, cands in zip(context, candidates)])
-    return Task(k=k, example_len=language.example_len, context_NT=context.astype(np.int32),
-                candidates_NCL=candidates, gold_N=gold, concept_N=concept_N)
+SCORERS = ("model", "context-free", "random init", "bag of tokens")
+NO_CONTEXT = "no context"
 
 
 def _aggregate(x_NSD: jax.Array, aggregator: str) -> jax.Array:
@@ -149,12 +122,17 @@ def _candidate_logp(lm, prefix_NQD: jax.Array, candidates_NCL: jax.Array) -> jax
 
 
 def generation_logp(lm, task: Task, segment: str, source: str | int = "embed", aggregator: str = "mean",
-               batch: int = 64) -> np.ndarray:
+                    batch: int = 64) -> np.ndarray:
     """float64[N, C]: Test 1 scores of every candidate (batched over items)."""
     prefix = prefix_vectors(lm, task, segment, source, aggregator)
     out = [np.asarray(_candidate_logp(lm, prefix[i : i + batch], jnp.asarray(task.candidates_NCL[i : i + batch])),
                       np.float64) for i in range(0, prefix.shape[0], batch)]
     return np.concatenate(out)
+
+
+def context_free_logp(lm, task: Task) -> np.ndarray:
+    """float64[N, C]: log P(candidate | BOS), the model scoring the options with the context cut to BOS."""
+    return generation_logp(lm, dataclasses.replace(task, context_NT=task.context_NT[:, :1]), "full")
 
 
 def similarity_scores(lm, task: Task, source: str | int, aggregator: str, similarity: str) -> np.ndarray:
@@ -173,21 +151,25 @@ def similarity_scores(lm, task: Task, source: str | int, aggregator: str, simila
     return np.einsum("nd,ncd->nc", ctx_ND, cand_NCD)
 
 
+def random_init(lm: TransformerLM, seed: int) -> TransformerLM:
+    """The same architecture and tokenizer at initialisation: ``init_transformer(lm.config, seed)``."""
+    return TransformerLM.from_module(init_transformer(lm.config, seed), lm.tokenizer)
+
+
+def credit(scores_NC: np.ndarray, gold_N: np.ndarray) -> np.ndarray:
+    """float64[N]: 1 / (number of top-scoring candidates) when the gold is one of them, else 0."""
+    top_NC = scores_NC == scores_NC.max(axis=1, keepdims=True)
+    return top_NC[np.arange(len(gold_N)), gold_N] / top_NC.sum(axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
-class Row:
-    """One condition: ``value`` and ``interval`` for accuracy, normalised, chance-corrected."""
+class Condition:
+    """Test 1: ``method`` is the segment; Test 2: the similarity. ``aggregator`` "-" for the base."""
 
     test: int
-    k: int
-    method: str  # Test 1: the segment; Test 2: the similarity
-    source: str
-    aggregator: str
-    accuracy: float
-    accuracy_ci: tuple[float, float]
-    normalized: float
-    normalized_ci: tuple[float, float]
-    chance_corrected: float
-    chance_corrected_ci: tuple[float, float]
+    method: str
+    source: str | int = "embed"
+    aggregator: str = "-"
 
     @property
     def label(self) -> str:
@@ -195,48 +177,160 @@ class Row:
             return "full context"
         return f"T{self.test} {self.method} {self.source} {self.aggregator}"
 
+    @property
+    def family(self) -> str:
+        """The conditions judged together: the base alone, or every condition of one test."""
+        return "base" if self.method == "full" else f"Test {self.test}"
+
+    def scores(self, lm, task: Task) -> np.ndarray:
+        """float64[N, C]: this condition's scores of every candidate under ``lm``."""
+        if self.test == 1:
+            return generation_logp(lm, task, self.method, self.source, self.aggregator)
+        return similarity_scores(lm, task, self.source, self.aggregator, self.method)
+
+
+def _quantiles(samples_B: np.ndarray, level: float) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples (a base equal to the best control)
+        low, high = np.nanquantile(samples_B, [(1 - level) / 2, (1 + level) / 2], axis=-1)
+    return float(low), float(high)
+
+
+def verdict(difference_ci: Sequence[tuple[float, float]], control_accuracy_S: np.ndarray) -> str:
+    """``supports`` / ``does not support`` / ``inconclusive`` from the intervals of model - control, one
+    per control (the most accurate control decides "does not support"); see the module docstring."""
+    if all(low > 0 for low, _ in difference_ci):
+        return "supports"
+    if difference_ci[int(np.argmax(control_accuracy_S))][1] < 0:
+        return "does not support"
+    return "inconclusive"
+
+
+def family_verdict(verdicts: Sequence[str]) -> str:
+    """A test at one k: supports when one condition does, does not support when all do not."""
+    if not verdicts or NO_CONTEXT in verdicts:
+        return NO_CONTEXT
+    if "supports" in verdicts:
+        return "supports"
+    return "does not support" if all(v == "does not support" for v in verdicts) else "inconclusive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One condition at one k. Per scorer (``SCORERS`` order): ``accuracy`` and ``accuracy_ci``;
+    per control: ``difference`` (model - control) and ``difference_ci`` at ``verdict_level``.
+    ``normalized`` is acc / base (the paper's number); ``corrected`` is against the best control (NaN at k = 0)."""
+
+    condition: Condition
+    k: int
+    accuracy: tuple[float, ...]
+    accuracy_ci: tuple[tuple[float, float], ...]
+    difference: tuple[float, ...]
+    difference_ci: tuple[tuple[float, float], ...]
+    verdict_level: float
+    best_control: str
+    normalized: float
+    normalized_ci: tuple[float, float]
+    corrected: float
+    corrected_ci: tuple[float, float]
+    verdict: str
+
+    @property
+    def label(self) -> str:
+        return self.condition.label
+
+    def to_dict(self) -> dict:
+        scorers = [{"scorer": s, "accuracy": a, "interval": ci} for s, a, ci in zip(SCORERS, self.accuracy,
+                                                                                    self.accuracy_ci)]
+        for entry, d, ci in zip(scorers[1:], self.difference, self.difference_ci):
+            entry |= {"model_minus_control": d, "model_minus_control_interval": ci}
+        return {"k": self.k, "label": self.label, "family": self.condition.family,
+                **dataclasses.asdict(self.condition), "scorers": scorers, "verdict_level": self.verdict_level,
+                "best_control": self.best_control, "normalized": self.normalized,
+                "normalized_interval": self.normalized_ci, "corrected": self.corrected,
+                "corrected_interval": self.corrected_ci, "verdict": self.verdict}
+
+
+def resample_weights(n_items: int, bootstrap: int, seed: int) -> np.ndarray:
+    """float64[B, N]: how often each item is drawn in each bootstrap resample, divided by N (a resample's
+    mean of per-item values is one matrix product; every scorer and condition shares the resamples)."""
+    counts_BN = np.random.default_rng(seed).multinomial(n_items, np.full(n_items, 1 / n_items), size=bootstrap)
+    return counts_BN / n_items
+
+
+def score_row(condition: Condition, k: int, credit_SN: np.ndarray, base_N: np.ndarray, weights_BN: np.ndarray,
+              level: float, verdict_level: float) -> Row:
+    """Accuracies, paired differences, normalised and corrected scores and the verdict of one condition.
+
+    ``credit_SN``: per-item credit of the model and the three controls; ``weights_BN``: the shared resamples."""
+    acc_S, base = credit_SN.mean(axis=1), base_N.mean()
+    acc_SB, base_B = credit_SN @ weights_BN.T, weights_BN @ base_N
+    diff_SB = acc_SB[0] - acc_SB[1:]
+    best = int(np.argmax(acc_S[1:]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # base 0, or base equal to the best control: NaN
+        normalized, normalized_B = acc_S[0] / base, acc_SB[0] / base_B
+        best_B = acc_SB[1:].max(axis=0)
+        corrected, corrected_B = (acc_S[0] - acc_S[1 + best]) / (base - acc_S[1 + best]), \
+            (acc_SB[0] - best_B) / (base_B - best_B)
+    difference_ci = tuple(_quantiles(d_B, verdict_level) for d_B in diff_SB)
+    no_context = k == 0
+    return Row(condition=condition, k=k, accuracy=tuple(float(a) for a in acc_S),
+               accuracy_ci=tuple(_quantiles(a_B, level) for a_B in acc_SB),
+               difference=tuple(float(d) for d in acc_S[0] - acc_S[1:]), difference_ci=difference_ci,
+               verdict_level=verdict_level, best_control=SCORERS[1 + best], normalized=float(normalized),
+               normalized_ci=_quantiles(normalized_B, level),
+               corrected=float("nan") if no_context else float(corrected),
+               corrected_ci=(float("nan"),) * 2 if no_context else _quantiles(corrected_B, level),
+               verdict=NO_CONTEXT if no_context else verdict(difference_ci, acc_S[1:]))
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class ConceptTest:
-    """All conditions for every k: ``rows``, ``base`` (full-context accuracy per k), ``agree`` (how
-    often gold is the context concept's candidate, per k), ``items`` per k, the bootstrap size."""
+    """Every condition for every k: ``rows``; ``verdicts[k][family]`` (base, Test 1, Test 2); ``base``
+    (full-context accuracy per k); ``drawn`` (items drawn per k to build the matched ones); the settings."""
 
     rows: tuple[Row, ...]
+    verdicts: dict
     base: dict
-    agree: dict
+    drawn: dict
     items: int
     bootstrap: int
     level: float
+    seed: int
+    random_seed: int
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        """The model and the controls, in the order of every row's accuracies."""
+        return SCORERS
 
     def __repr__(self) -> str:
-        best = {k: max((r for r in self.rows if r.k == k and r.method != "full"), key=lambda r: r.accuracy)
-                for k in self.base}
         return "ConceptTest(" + "; ".join(
-            f"k={k}: base {self.base[k]:.3f}, best {best[k].label} {best[k].accuracy:.3f}" for k in self.base) + ")"
+            f"k={k}: base {self.base[k]:.3f}, " + ", ".join(f"{f} {v}" for f, v in self.verdicts[k].items())
+            for k in self.base) + ")"
 
     def to_dict(self) -> dict:
-        return {"items": self.items, "bootstrap": self.bootstrap, "level": self.level, "chance": CHANCE,
+        return {"items": self.items, "bootstrap": self.bootstrap, "level": self.level, "seed": self.seed,
+                "random_init_seed": self.random_seed, "scorers": list(SCORERS),
                 "base": {str(k): v for k, v in self.base.items()},
-                "gold_is_context_concept": {str(k): v for k, v in self.agree.items()},
-                "rows": [dataclasses.asdict(r) | {"label": r.label} for r in self.rows]}
+                "items_drawn": {str(k): v for k, v in self.drawn.items()},
+                "verdicts": {str(k): v for k, v in self.verdicts.items()},
+                "rows": [r.to_dict() for r in self.rows]}
 
 
-def _bootstrap(correct_N: np.ndarray, base_N: np.ndarray, index_BN: np.ndarray, level: float) -> list:
-    """(value, interval) for accuracy, accuracy / base, and chance-corrected; paired resampling of items."""
-    acc, base = correct_N.mean(), base_N.mean()
-    acc_B, base_B = correct_N[index_BN].mean(axis=1), base_N[index_BN].mean(axis=1)
-    q = [(1 - level) / 2, (1 + level) / 2]
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a base of 0 or 1/4 makes a ratio NaN: reported as such
-        stats = [(acc, acc_B), (acc / base, acc_B / base_B), ((acc - CHANCE) / (base - CHANCE),
-                                                               (acc_B - CHANCE) / (base_B - CHANCE))]
-        return [(float(v), tuple(float(x) for x in np.nanquantile(b, q))) for v, b in stats]
+def _conditions(task: Task, sources: Sequence[str | int], aggregators: Sequence[str]) -> list[Condition]:
+    """The base, then Test 1 (segments; none when the context is BOS alone), then Test 2."""
+    test1 = [Condition(1, seg, src, agg) for seg in ("context", "example") for src in sources for agg in aggregators]
+    test2 = [Condition(2, sim, src, agg) for sim in SIMILARITIES for src in sources for agg in aggregators]
+    return [Condition(1, "full"), *(test1 if _segments(task, "context") else []), *test2]
 
 
 def concept_test(lm: LanguageModel, *, ks: Sequence[int] = (0, 5), n_items: int = 256,
                  sources: Sequence[str | int] | None = None, aggregators: Sequence[str] = AGGREGATORS,
-                 bootstrap: int = 1000, level: float = 0.95, seed: int = 0) -> ConceptTest:
-    """Test 1 and Test 2 for each k in ``ks``, every source (default: ``"embed"`` and every layer) and aggregator.
+                 bootstrap: int = 10000, level: float = 0.95, seed: int = 0, random_seed: int = 0) -> ConceptTest:
+    """Test 1 and Test 2 with their controls for each k in ``ks``, every source (default: ``"embed"`` and
+    every layer) and aggregator. ``seed`` draws the items and the resamples; ``random_seed`` initialises
+    the random-init control (0 is the shipped checkpoints' own initialisation).
 
     The model must be a Transformer trained on the ``concepts`` language.
     """
@@ -247,28 +341,28 @@ def concept_test(lm: LanguageModel, *, ks: Sequence[int] = (0, 5), n_items: int 
     if n_items < 2 or bootstrap < 1 or not 0 < level < 1:
         raise PathprobError(f"need n_items >= 2, bootstrap >= 1, 0 < level < 1; got {n_items}, {bootstrap}, {level}")
     sources = ("embed", *range(lm.config.n_layers + 1)) if sources is None else tuple(sources)
+    unknown = sorted(set(aggregators) - set(AGGREGATORS))
+    if unknown or not aggregators:
+        raise PathprobError(f"unknown aggregators {unknown}; choose among {', '.join(AGGREGATORS)}")
     for s in sources:
         if s != "embed" and not (isinstance(s, int) and 0 <= s <= lm.config.n_layers):
             raise PathprobError(f"source {s!r} is neither 'embed' nor a layer in 0..{lm.config.n_layers}")
-    rows, base, agree = [], {}, {}
-    rng = np.random.default_rng(seed)
-    index_BN = rng.integers(n_items, size=(bootstrap, n_items))
+    random_lm = random_init(lm, random_seed)
+    weights_BN = resample_weights(n_items, bootstrap, seed)
+    rows, verdicts, base, drawn = [], {}, {}, {}
     for k in ks:
         task = make_task(language, k, n_items, seed=seed)
-        base_N = np.argmax(generation_logp(lm, task, "full"), axis=1) == task.gold_N
-        base[k], agree[k] = float(base_N.mean()), float(np.mean(task.gold_N == task.concept_N))
-        conditions = [(1, "full", "embed", "-")]
-        if _segments(task, "context"):
-            conditions += [(1, seg, src, agg) for seg in ("context", "example") for src in sources for agg in aggregators]
-        conditions += [(2, sim, src, agg) for sim in SIMILARITIES for src in sources for agg in aggregators]
-        for test, method, source, aggregator in conditions:
-            if method == "full":
-                correct = base_N
-            elif test == 1:
-                correct = np.argmax(generation_logp(lm, task, method, source, aggregator), axis=1) == task.gold_N
-            else:
-                correct = np.argmax(similarity_scores(lm, task, source, aggregator, method), axis=1) == task.gold_N
-            (a, a_ci), (r, r_ci), (c, c_ci) = _bootstrap(correct.astype(np.float64), base_N.astype(np.float64),
-                                                         index_BN, level)
-            rows.append(Row(test, k, method, str(source), aggregator, a, a_ci, r, r_ci, c, c_ci))
-    return ConceptTest(rows=tuple(rows), base=base, agree=agree, items=n_items, bootstrap=bootstrap, level=level)
+        bag, gold = bag_scores(task, language.n_letters), task.gold_N
+        free_N = credit(context_free_logp(lm, task), gold)
+        base_N = credit(generation_logp(lm, task, "full"), gold)
+        base[k], drawn[k] = float(base_N.mean()), task.drawn
+        chosen = _conditions(task, sources, aggregators)
+        size = {c.family: sum(d.family == c.family for d in chosen) for c in chosen}
+        for c in chosen:
+            model_N = base_N if c.method == "full" else credit(c.scores(lm, task), gold)
+            credit_SN = np.stack([model_N, free_N, credit(c.scores(random_lm, task), gold), credit(bag[c.test], gold)])
+            rows.append(score_row(c, k, credit_SN, base_N, weights_BN, level, 1 - (1 - level) / size[c.family]))
+        verdicts[k] = {f: family_verdict([r.verdict for r in rows if r.k == k and r.condition.family == f])
+                       for f in ("base", "Test 1", "Test 2")}
+    return ConceptTest(rows=tuple(rows), verdicts=verdicts, base=base, drawn=drawn, items=n_items,
+                       bootstrap=bootstrap, level=level, seed=seed, random_seed=random_seed)

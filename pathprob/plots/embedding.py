@@ -71,21 +71,32 @@ def lens_figure(walk, path: str | Path, step: int = 0, top: int = 8) -> Path:
 
 
 def concept_figure(result, path: str | Path) -> Path:
-    """Chance-corrected accuracy of every condition with its bootstrap interval, one panel per k."""
+    """Accuracy of the model and of its three controls for every condition, with bootstrap intervals,
+    one panel per k. Tick labels end with the verdict (+ supports, - does not support, ? inconclusive)."""
+    mark = {"supports": "+", "does not support": "-", "inconclusive": "?", "no context": ""}
     ks = list(result.base)
-    fig, axes = figure(nrows=len(ks), size=(9.0, 3.0 * len(ks)), squeeze=False)
-    data = {"chance": 0.25, "panels": []}
+    widest = max(sum(r.k == k for r in result.rows) for k in ks)
+    fig, axes = figure(nrows=len(ks), size=(max(8.0, 0.42 * widest), 3.4 * len(ks)), squeeze=False)
+    data = {"scorers": list(result.scorers), "level": result.level, "panels": []}
     for ax, k in zip(axes[:, 0], ks):
         rows = [r for r in result.rows if r.k == k]
-        value = np.array([r.chance_corrected for r in rows])
-        ci = np.array([r.chance_corrected_ci for r in rows])
-        colors = ["0.4" if r.method == "full" else ("C0" if r.test == 1 else "C1") for r in rows]
-        ax.bar(range(len(rows)), value, color=colors,
-               yerr=np.abs(np.stack([value - ci[:, 0], ci[:, 1] - value])), capsize=2)
-        ax.axhline(0.0, color="k", lw=0.8)
-        ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=90, fontsize=6)
-        ax.set_ylabel("(acc − 0.25) / (base − 0.25)")
-        ax.set_title(f"k = {k}: base accuracy {result.base[k]:.3f} (blue: Test 1, orange: Test 2)")
-        data["panels"].append({"k": k, "labels": [r.label for r in rows], "chance_corrected": value.tolist(),
-                               "interval": ci.tolist()})
+        x = np.arange(len(rows))
+        for j, (scorer, color) in enumerate(zip(result.scorers, ("k", "C0", "C1", "C2"))):
+            acc = np.array([r.accuracy[j] for r in rows])
+            ci = np.array([r.accuracy_ci[j] for r in rows])
+            ax.errorbar(x + (j - 1.5) * 0.18, acc, yerr=np.stack([acc - ci[:, 0], ci[:, 1] - acc]), fmt="o",
+                        ms=3.5 if j else 4.5, color=color, capsize=1.5, lw=0.9, label=scorer)
+        ax.axhline(result.base[k], color="0.4", ls="--", lw=0.8, label="base (full context)")
+        ax.axhline(0.25, color="0.6", ls=":", lw=0.8, label="1 / 4")
+        ax.set_xticks(x, [f"{r.label} {mark[r.verdict]}".strip() for r in rows], rotation=90, fontsize=6)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_ylabel(f"accuracy ({100 * result.level:g}% interval)")
+        verdicts = "no context: no verdict" if k == 0 else ", ".join(
+            f"{family} {v}" for family, v in result.verdicts[k].items())
+        ax.set_title(f"k = {k}: {verdicts}", fontsize=9)
+        ax.legend(fontsize=6, ncols=3, loc="lower left")
+        data["panels"].append({"k": k, "labels": [r.label for r in rows], "verdicts": [r.verdict for r in rows],
+                               "accuracy": [list(r.accuracy) for r in rows],
+                               "interval": [[list(c) for c in r.accuracy_ci] for r in rows],
+                               "family_verdicts": result.verdicts[k]})
     return save(fig, path, data)
