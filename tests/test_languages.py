@@ -1,6 +1,8 @@
 """Languages and their exact truths: normalisation, brute-force references, sampling statistics."""
 
+import dataclasses
 import functools
+import hashlib
 import itertools
 import re
 from collections.abc import Sequence
@@ -11,12 +13,15 @@ import numpy as np
 import pytest
 from scipy.stats import chi2  # scipy is a dependency of jax
 
+from pathprob.data.concepts import Concepts
 from pathprob.data.languages import LANGUAGE_NAMES, Language, get_language
 from pathprob.data.text import TextFileError
 from pathprob.errors import BadPromptError, PathprobError, UnknownSpecError
 from pathprob.models.base import LanguageModel, State, take_paths
+from pathprob.paths.many import enumerate_many
 
 CONCEPTS = get_language("concepts")
+SPARSE = get_language("concepts-sparse")
 ARITH = get_language("arith")
 FALSE_FAILURE = 1e-4  # per chi-square test
 
@@ -101,7 +106,7 @@ def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
 # --- every truth ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("language", [CONCEPTS, ARITH], ids=["concepts", "arith"])
+@pytest.mark.parametrize("language", [CONCEPTS, SPARSE, ARITH], ids=["concepts", "concepts-sparse", "arith"])
 def test_truth_is_normalised_and_scores_documents_finitely(language):
     truth = language.truth()
     assert isinstance(language, Language) and isinstance(truth, LanguageModel)
@@ -171,18 +176,18 @@ def test_after_eos_only_eos_and_no_nan(language):
 # --- concepts ---------------------------------------------------------------------------------------
 
 
-def brute_force_logprob(text: str) -> float:
+def brute_force_logprob(text: str, language=CONCEPTS) -> float:
     """log P(document prefix) in float64: sum over concepts and over every hidden path of every example."""
-    hmms = CONCEPTS.hmms
+    hmms = language.hmms
     assert text.startswith("^")
     examples = text[1:].split(";")
     total = 0.0
-    for k in range(CONCEPTS.n_concepts):
-        p_concept = 1 / CONCEPTS.n_concepts
+    for k in range(language.n_concepts):
+        p_concept = 1 / language.n_concepts
         for example in examples:
-            letters = [CONCEPTS.letters.index(c) for c in example]
+            letters = [language.letters.index(c) for c in example]
             p_example = 0.0
-            for hidden in itertools.product(range(CONCEPTS.n_states), repeat=len(letters)):
+            for hidden in itertools.product(range(language.n_states), repeat=len(letters)):
                 p = hmms.init_KH[k, hidden[0]] if letters else 1.0
                 for t, (h, a) in enumerate(zip(hidden, letters)):
                     p *= hmms.emit_KHA[k, h, a] * (hmms.trans_KHH[k, hidden[t - 1], h] if t else 1.0)
@@ -192,13 +197,14 @@ def brute_force_logprob(text: str) -> float:
     return float(np.log(total))
 
 
-def test_concepts_truth_matches_brute_force():
-    docs = CONCEPTS.sample(jax.random.key(3), 6)
+@pytest.mark.parametrize("language", [CONCEPTS, SPARSE], ids=["concepts", "concepts-sparse"])
+def test_concepts_truth_matches_brute_force(language):
+    docs = language.sample(jax.random.key(3), 6)
     for i, cut in enumerate([1, 3, 7, 9, 14, 20]):  # whole examples and cuts in the middle of one
         prefix = docs[i, :cut]
-        picked, _ = document_logprobs(CONCEPTS.truth(), jnp.asarray(docs[i : i + 1]))
+        picked, _ = document_logprobs(language.truth(), jnp.asarray(docs[i : i + 1]))
         got = float(np.sum(np.asarray(picked, np.float64)[0, : cut - 1]))
-        want = brute_force_logprob(CONCEPTS.tokenizer.decode(prefix))
+        want = brute_force_logprob(language.tokenizer.decode(prefix), language)
         # float32 log-probabilities of < 20 tokens, each accurate to ~1e-6
         assert got == pytest.approx(want, abs=1e-4)
 
@@ -284,6 +290,81 @@ def test_concepts_prompts_and_path_sets():
         CONCEPTS.path_set("seen", prompts[0] + "ab")
     with pytest.raises(PathprobError):
         CONCEPTS.prompts(CONCEPTS.n_examples)
+
+
+# --- concepts-sparse --------------------------------------------------------------------------------
+
+
+def test_concepts_is_bit_identical():
+    # The shipped checkpoint and its data were made from these tables and samples: concepts-sparse must not move them.
+    digest = hashlib.sha256()
+    for array in (*dataclasses.astuple(CONCEPTS.hmms), CONCEPTS.sample(jax.random.key(0), 256)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    assert digest.hexdigest() == "ad83ed005d63dc2506534be6e2226a1e6307bbdba7416521f70500362f8b3a7d"
+
+
+def test_sparse_concepts_emit_their_own_letters():
+    hmms, H, size = SPARSE.hmms, SPARSE.n_states, SPARSE.family_size
+    np.testing.assert_allclose(hmms.emit_KHA.sum(axis=2), 1.0)
+    np.testing.assert_allclose(hmms.trans_KHH.sum(axis=2), 1.0)
+    np.testing.assert_allclose(hmms.init_KH.sum(axis=1), 1.0)
+    letters_KH2 = np.sort(np.argsort(-hmms.emit_KHA, axis=2)[:, :, :2], axis=2)
+    assert np.all((hmms.emit_KHA > 0).sum(axis=2) == 2)  # each state: its dominant letter and one secondary
+    for family in range(SPARSE.n_concepts // size):
+        members = slice(family * size, (family + 1) * size)
+        assert np.all(hmms.init_KH[members] == hmms.init_KH[family * size])
+        assert np.all(hmms.trans_KHH[members] == hmms.trans_KHH[family * size])
+        own = [set(letters_KH2[k].ravel()) for k in range(family * size, (family + 1) * size)]
+        assert own[0] != own[1] and len(own[0] & own[1]) == H  # the twins share only the family's dominant letters
+    with pytest.raises(PathprobError, match="sparse Concepts.n_letters"):
+        Concepts(sparse=True, n_letters=9)
+
+
+def hmm_example_probs(language) -> np.ndarray:
+    """float64[K, A^L]: P(example | concept) of every example (its letters as base-A digits), from the HMM tables
+    by the forward algorithm over all examples at once."""
+    hmms, L = language.hmms, language.example_len
+    K, H, A = hmms.emit_KHA.shape
+    p_KX = np.zeros((K, A**L))
+    for c in range(K):
+        alpha_XH = hmms.init_KH[c][None]
+        for _ in range(L):
+            emitted_XHA = alpha_XH[:, :, None] * hmms.emit_KHA[c][None]
+            alpha_XH = np.einsum("xha,hg->xag", emitted_XHA, hmms.trans_KHH[c]).reshape(-1, H)
+        p_KX[c] = emitted_XHA.sum(axis=1).reshape(-1)
+    return p_KX
+
+
+def hmm_posterior(language, prompt: str, p_KX: np.ndarray) -> np.ndarray:
+    """float64[K]: P(concept | the prompt's complete examples), uniform prior; ``p_KX`` from ``hmm_example_probs``."""
+    posterior_K = np.full(language.n_concepts, 1.0 / language.n_concepts)
+    for example in prompt[1:].split(";")[:-1]:
+        index = np.ravel_multi_index([language.letters.index(c) for c in example], (language.n_letters,) * len(example))
+        posterior_K = posterior_K * p_KX[:, index]
+    return posterior_K / posterior_K.sum()
+
+
+def test_sparse_supports_nest_exactly_and_shrink():
+    """The support of the next example after k examples is inside the support after any j < k, and smaller at least
+    once after the first example, exactly: the truth's complete enumerations equal the float64 HMM supports."""
+    truth, L, A, sep = SPARSE.truth(), SPARSE.example_len, SPARSE.n_letters, SPARSE.tokenizer.sep_id
+    p_KX = hmm_example_probs(SPARSE)
+    assert np.all((p_KX > 0).sum(axis=1) < (p_KX > 0).any(axis=0).sum())  # each concept: a strictly smaller support
+    ks, docs = (0, 1, 2, 4, 8), SPARSE.prompts(8, n=6, seed=3)
+    prompts = [doc[: 1 + k * (L + 1)] for doc in docs for k in ks]
+    tables = enumerate_many(truth, prompts, L + 1)
+    shrank_later = 0
+    for d in range(len(docs)):
+        supports = []
+        for prompt, table in zip(prompts[d * len(ks):], tables[d * len(ks):(d + 1) * len(ks)]):
+            assert table.log_remaining == -np.inf and np.all(table.tokens[:, L] == sep)  # complete; L letters, SEP
+            listed = {int(np.ravel_multi_index(row[:L], (A,) * L)) for row in table.tokens}
+            assert listed == set(np.nonzero(hmm_posterior(SPARSE, prompt, p_KX) @ p_KX > 0)[0].tolist())
+            supports.append(listed)
+        assert all(later <= earlier for j, earlier in enumerate(supports) for later in supports[j + 1:])
+        assert len(supports[1]) < len(supports[0])
+        shrank_later += len(supports[-1]) < len(supports[1])
+    assert shrank_later >= 2, shrank_later  # on 2 of 6 documents at least, the support keeps shrinking after k = 1
 
 
 # --- arith ------------------------------------------------------------------------------------------

@@ -1,17 +1,21 @@
-"""Comparing the path distributions after several prompts: entropy, coverage, divergences, narrowing.
+"""Comparing the path distributions after several prompts: entropy, supports, coverage, divergences, narrowing.
 
 ``compare(lm, prompts, max_new)`` measures, per prompt, the path entropy, the
-effective number of paths exp(H), how many paths cover 50/90/99% of the mass,
-the top paths and (optionally) a set's mass; between prompts, the Jensen-Shannon
-divergence, both KLs and the *narrowing test*; against a ``truth`` model, the
-same per-prompt numbers for the truth and KL(truth || model) per prompt.
+effective number of paths exp(H), the support size (paths with p > 0), how many
+paths cover 50/90/99% of the mass, the top paths and (optionally) a set's mass;
+between prompts, the Jensen-Shannon divergence, both KLs and the *narrowing tests*
+(b's mass on a's top-p set, b's mass outside a's support); against a ``truth`` model,
+the same per-prompt numbers for the truth, KL(truth || model), and the model's mass
+outside the truth's support (on paths the truth gives probability 0) per prompt.
 
 Exact rows come from one batched enumeration of all prompts (``paths/many.py``).
-With pruning (``min_prob``) every exact number carries a proven bound:
+With pruning (``min_prob``) every exact number carries a proven bound, and a row's
+``method`` is "bounded" instead of "exact" when its entropy, support or coverage
+bounds differ:
 
 - entropy: ``[listed + r log(1/r) terms, listed + r log(V^k / r) terms]`` (``entropy_from_table``);
-- coverage counts: the listed paths are exactly the paths above ``min_prob``, hence the
-  true most probable ones; when they do not reach a level, the count is a lower bound;
+- support size, coverage counts, the narrowing tests: ``analysis/supports.py`` (counts
+  exact or bounded, masses exact or between proven bounds);
 - divergences: the outcomes are the union L of both listings (each path scored exactly
   under both sides) plus one lumped outcome "not in L". A divergence of this coarser
   pair of distributions is a proven *lower* bound on the true one (data-processing
@@ -29,6 +33,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from pathprob.analysis.supports import (
+    LEVELS,
+    Listing,
+    coverage_exact,
+    mass_in_top_set,
+    mass_outside_support,
+    support_size,
+)
 from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.files import dumps
 from pathprob.models.base import LanguageModel, encode_prompt
@@ -39,11 +51,9 @@ from pathprob.paths.many import check_budget_each, enumerate_many
 from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
 from pathprob.paths.results import Estimate, PathTable
 from pathprob.paths.sample import as_key, check_compatible, sample
-from pathprob.paths.score import score
 from pathprob.paths.sets import PathSet, as_path_set
 
 METHODS = ("auto", "exact", "mc")
-LEVELS = (0.5, 0.9, 0.99)
 NARROWING_P = (0.9, 0.99)
 TOP = 5
 MAX_PROBS = 1000
@@ -59,7 +69,9 @@ class PromptStats:
     rows count distinct sampled paths, an upper bound when they reach the level).
     ``top``: ``[(text, p)]``, most probable first. ``remaining``: the unlisted mass (exact rows).
     ``probs``: the probabilities of the (up to ``MAX_PROBS``) most probable listed or sampled
-    paths, decreasing (for coverage curves).
+    paths, decreasing (for coverage curves). ``support``: (lower, upper) on the number of
+    paths with p > 0, equal when the enumeration was complete (None for Monte-Carlo rows).
+    ``method``: "exact", "bounded" (enumerated, some bounds differ) or "mc".
     """
 
     prompt: str
@@ -72,10 +84,12 @@ class PromptStats:
     remaining: float | None = None
     reason: str = ""
     probs: list = dataclasses.field(default_factory=list)
+    support: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "method": self.method, "entropy": self.entropy.to_dict(),
                 "effective_paths": dict(zip(("value", "lower", "upper"), self.effective_paths)),
+                "support": None if self.support is None else dict(zip(("lower", "upper"), self.support)),
                 "coverage": self.coverage, "top": [{"text": t, "p": p} for t, p in self.top],
                 "set_mass": None if self.set_mass is None else self.set_mass.to_dict(),
                 "remaining": self.remaining, "reason": self.reason, "probs": self.probs}
@@ -87,7 +101,8 @@ class PairStats:
 
     ``narrowing[str(p)]``: the mass of b's distribution inside the top-p support of a's
     (smallest set of a's most probable paths covering p), an Estimate with proven bounds;
-    None when a's distribution was not enumerated.
+    ``outside_support``: b's mass on paths a gives probability 0 (0 when b's support is
+    inside a's), with proven bounds. Both None when a's or b's distribution was not enumerated.
     """
 
     a: int
@@ -96,16 +111,20 @@ class PairStats:
     kl_ab: Estimate
     kl_ba: Estimate
     narrowing: dict
+    outside_support: Estimate | None = None
 
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "js": self.js.to_dict(), "kl_ab": self.kl_ab.to_dict(),
                 "kl_ba": self.kl_ba.to_dict(),
-                "narrowing": {p: None if e is None else e.to_dict() for p, e in self.narrowing.items()}}
+                "narrowing": {p: None if e is None else e.to_dict() for p, e in self.narrowing.items()},
+                "outside_support": None if self.outside_support is None else self.outside_support.to_dict()}
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Comparison:
-    """The result of ``compare``: per-prompt rows, pairwise rows, and the truth's rows and KL(truth || model)."""
+    """The result of ``compare``: per-prompt rows, pairwise rows, and against the truth: its rows,
+    KL(truth || model) and ``outside_truth``, the model's mass on paths the truth gives probability 0
+    (None per prompt where either was not enumerated)."""
 
     prompts: list
     max_new: int
@@ -115,36 +134,46 @@ class Comparison:
     kl_truth_model: list | None = None
     pathset: str | None = None
     seconds: float = 0.0
+    outside_truth: list | None = None
 
     def to_dict(self) -> dict:
+        estimates = lambda items: None if items is None else [None if e is None else e.to_dict() for e in items]
         return {"prompts": self.prompts, "max_new": self.max_new, "pathset": self.pathset, "seconds": self.seconds,
                 "rows": [r.to_dict() for r in self.rows], "pairs": [p.to_dict() for p in self.pairs],
                 "truth_rows": None if self.truth_rows is None else [r.to_dict() for r in self.truth_rows],
-                "kl_truth_model": None if self.kl_truth_model is None else [e.to_dict() for e in self.kl_truth_model]}
+                "kl_truth_model": estimates(self.kl_truth_model), "outside_truth": estimates(self.outside_truth)}
 
     def to_json(self, **kwargs) -> str:
         return dumps(self.to_dict(), **kwargs)
 
     def __repr__(self) -> str:
-        lines = [f"Comparison({len(self.prompts)} prompts, max_new={self.max_new})",
-                 f"  {'#':>2} {'method':6} {'H (nats)':>24} {'exp(H)':>9} {'n50':>6} {'n90':>6} {'n99':>6}  top path"]
+        header = (f"  {'#':>2} {'method':7} {'H (nats)':>24} {'exp(H)':>9} {'support':>14} {'n50':>6} {'n90':>6} "
+                  f"{'n99':>6}  top path")
+        lines = [f"Comparison({len(self.prompts)} prompts, max_new={self.max_new})", header]
         for i, row in enumerate(self.rows):
-            lines.append(f"  {i:>2} {row.method:6} {format_estimate(row.entropy):>24} {row.effective_paths[0]:9.4g} "
+            lines.append(f"  {i:>2} {row.method:7} {format_estimate(row.entropy):>24} {row.effective_paths[0]:9.4g} "
+                         f"{format_support(row.support):>14} "
                          + " ".join(f"{format_count(row.coverage[str(q)]):>6}" for q in LEVELS)
                          + (f"  {row.top[0][0]!r} {row.top[0][1]:.3g}" if row.top else ""))
         for pair in self.pairs:
-            narrow = next(iter(pair.narrowing.values()), None)
+            level, narrow = next(iter(pair.narrowing.items()), (None, None))
             lines.append(f"  {pair.a}->{pair.b}: JS {format_estimate(pair.js)}, KL(a||b) {format_estimate(pair.kl_ab)}, "
                          f"KL(b||a) {format_estimate(pair.kl_ba)}"
-                         + ("" if narrow is None else f", P_b(top-{next(iter(pair.narrowing))} of a) {format_estimate(narrow)}"))
-        for i, est in enumerate(self.kl_truth_model or []):
-            lines.append(f"  {i:>2} KL(truth || model) {format_estimate(est)}")
+                         + ("" if narrow is None else f", P_b(top-{level} of a) {format_estimate(narrow)}")
+                         + ("" if pair.outside_support is None else
+                            f", P_b(outside a's support) {format_estimate(pair.outside_support)}"))
+        for i, (est, outside) in enumerate(zip(self.kl_truth_model or [], self.outside_truth or [])):
+            lines.append(f"  {i:>2} KL(truth || model) {format_estimate(est)}" + (
+                "" if outside is None else f", P_model(outside the truth's support) {format_estimate(outside)}"))
         return "\n".join(lines)
 
 
 def format_estimate(est: Estimate) -> str:
-    """``value`` when exact, else ``value [lower, upper]``."""
-    if est.exact or est.lower == est.upper:
+    """``value`` alone only when ``est.exact`` (a proof), else ``value [lower, upper]``.
+
+    Equal bounds that are not a proof (a degenerate interval) are still shown as bounds.
+    """
+    if est.exact:
         return f"{est.value:.6g}"
     return f"{est.value:.4g} [{est.lower:.4g}, {est.upper:.4g}]"
 
@@ -156,24 +185,14 @@ def format_count(entry: dict) -> str:
     return {"exact": f"{n}", "at_least": f">{n - 1}", "at_most": f"<={n}"}.get(bound, "?")
 
 
+def format_support(support: tuple[int, int] | None) -> str:
+    """``n`` when exact, ``lower..upper (bounded)`` when pruned, ``n/a`` for Monte-Carlo rows."""
+    if support is None:
+        return "n/a"
+    return f"{support[0]}" if support[0] == support[1] else f"{support[0]}..{support[1]:.3g} (bounded)"
+
+
 # --- per prompt ------------------------------------------------------------------------------------
-
-
-def coverage_exact(table: PathTable) -> dict:
-    """Paths needed to cover each level, from a listing of every path above its ``min_prob``."""
-    cumulative = np.cumsum(table.probs)
-    total = _total(cumulative, table)
-    out = {}
-    for level in LEVELS:
-        reached = np.nonzero(cumulative >= level * total)[0]
-        out[str(level)] = ({"n": int(reached[0]) + 1, "bound": "exact"} if reached.size
-                           else {"n": len(table) + 1, "bound": "at_least"})
-    return out
-
-
-def _total(cumulative: np.ndarray, table: PathTable) -> float:
-    """Listed + certified remainder (the remainder is exactly 0 when nothing was pruned, whatever the rounding)."""
-    return (float(cumulative[-1]) if cumulative.size else 0.0) + math.exp(table.log_remaining)
 
 
 def _exact_row(prompt: str, table: PathTable, pathset: PathSet | None) -> PromptStats:
@@ -185,10 +204,12 @@ def _exact_row(prompt: str, table: PathTable, pathset: PathSet | None) -> Prompt
         lo, hi = set_mass_from_table(table, pathset)
         set_est = Estimate(value=0.5 * (lo + hi), lower=lo, upper=hi, method="exact", exact=lo == hi)
     top = list(zip(table.texts(with_eos=True)[:TOP], table.probs[:TOP].tolist()))
-    return PromptStats(prompt=prompt, method="exact", entropy=est,
+    coverage, support = coverage_exact(table), support_size(table)
+    exact = est.exact and support[0] == support[1] and all(c["bound"] == "exact" for c in coverage.values())
+    return PromptStats(prompt=prompt, method="exact" if exact else "bounded", entropy=est,
                        effective_paths=(math.exp(est.value), math.exp(lower), math.exp(upper)),
-                       coverage=coverage_exact(table), top=top, set_mass=set_est, remaining=table.remaining,
-                       probs=table.probs[:MAX_PROBS].tolist())
+                       coverage=coverage, top=top, set_mass=set_est, remaining=table.remaining,
+                       probs=table.probs[:MAX_PROBS].tolist(), support=support)
 
 
 def _mc_row(lm, prompt: str, max_new: int, pathset: PathSet | None, n: int, key, reason: str) -> PromptStats:
@@ -227,7 +248,7 @@ def _plan(lm, prompts, max_new, method, min_prob, chunk, budget) -> list[str]:
 
 
 def _rows(lm, prompts, max_new, pathset, method, min_prob, chunk, budget, n, key) -> tuple[list, list]:
-    """Per-prompt rows and the tables behind the exact ones (None for Monte-Carlo rows)."""
+    """Per-prompt rows and the ``Listing``s behind the enumerated ones (None for Monte-Carlo rows)."""
     plan = _plan(lm, prompts, max_new, method, min_prob, chunk, budget)
     exact = [i for i, p in enumerate(plan) if p == "exact"]
     tables: list = [None] * len(prompts)
@@ -244,31 +265,20 @@ def _rows(lm, prompts, max_new, pathset, method, min_prob, chunk, budget, n, key
     rows = [_exact_row(p, t, pathset) if t is not None else
             _mc_row(lm, p, max_new, pathset, n, jax.random.fold_in(key, i), plan[i])
             for i, (p, t) in enumerate(zip(prompts, tables))]
-    return rows, tables
+    return rows, [None if t is None else Listing.of(lm, p, t) for p, t in zip(prompts, tables)]
 
 
 # --- between two distributions ---------------------------------------------------------------------
 
 
-def _as_paths(table: PathTable) -> dict:
-    return {tuple(row[:m].tolist()): float(lp) for row, m, lp in zip(table.tokens, table.lengths, table.logp)}
-
-
-def divergences_exact(lm_a: LanguageModel, prompt_a, table_a: PathTable,
-                      lm_b: LanguageModel, prompt_b, table_b: PathTable) -> dict:
+def divergences_exact(a: Listing, b: Listing) -> dict:
     """KL(a || b), KL(b || a) and JS(a, b) from two enumerations (proven bounds; see the module docstring).
 
-    Paths listed on one side only are scored exactly on the other side with ``score``.
+    Paths listed on one side only are scored exactly on the other side (``Listing.logp``).
     """
-    listed_a, listed_b = _as_paths(table_a), _as_paths(table_b)
-    union = list(listed_a) + [x for x in listed_b if x not in listed_a]
-    missing_a = [x for x in union if x not in listed_a]
-    missing_b = [x for x in union if x not in listed_b]
-    scored_a = dict(zip(missing_a, score(lm_a, prompt_a, [list(x) for x in missing_a]))) if missing_a else {}
-    scored_b = dict(zip(missing_b, score(lm_b, prompt_b, [list(x) for x in missing_b]))) if missing_b else {}
-    log_a = np.array([listed_a.get(x, scored_a.get(x)) for x in union], np.float64)
-    log_b = np.array([listed_b.get(x, scored_b.get(x)) for x in union], np.float64)
-    complete_a, complete_b = table_a.log_remaining == -math.inf, table_b.log_remaining == -math.inf
+    union = list(dict.fromkeys(a.paths() + b.paths()))
+    log_a, log_b = a.logp(union), b.logp(union)
+    complete_a, complete_b = a.complete, b.complete
     # The lumped outcome "not in L"; exactly 0 when a listing is complete (not 1 - sum: rounding).
     rest_a = 0.0 if complete_a else max(0.0, 1.0 - float(np.sum(np.exp(log_a))))
     rest_b = 0.0 if complete_b else max(0.0, 1.0 - float(np.sum(np.exp(log_b))))
@@ -335,29 +345,6 @@ def js_mc(lm_a, prompt_a, lm_b, prompt_b, max_new: int, *, n: int, key, level: f
                     details={"interval": "normal: two independent means, within [0, log 2]"})
 
 
-def narrowing_exact(table_a: PathTable, lm_b: LanguageModel, prompt_b, p: float,
-                    table_b: PathTable | None = None) -> Estimate:
-    """P_b(top-p support of a): b's mass on the smallest set of a's most probable paths covering p.
-
-    b's probabilities come from ``table_b`` where it lists the path, else from ``score``.
-    When a's listing does not reach p, the support holds unlisted paths too: the
-    listed part gives a proven lower bound and 1 the upper.
-    """
-    coverage = np.cumsum(table_a.probs)
-    reached = np.nonzero(coverage >= p * _total(coverage, table_a))[0]
-    count = int(reached[0]) + 1 if reached.size else len(table_a)
-    support = [tuple(row[:m].tolist()) for row, m in zip(table_a.tokens[:count], table_a.lengths[:count])]
-    known = {} if table_b is None else _as_paths(table_b)
-    missing = [x for x in support if x not in known]
-    if missing:
-        known.update(zip(missing, score(lm_b, prompt_b, [list(x) for x in missing])))
-    inside = float(np.sum(np.exp([known[x] for x in support]))) if support else 0.0
-    inside = min(inside, 1.0)
-    upper = inside if reached.size else 1.0
-    return Estimate(value=inside if reached.size else 0.5 * (inside + upper), lower=inside, upper=upper,
-                    method="exact", exact=bool(reached.size), details={"support_paths": count, "p": p})
-
-
 # --- the entry point -------------------------------------------------------------------------------
 
 
@@ -398,37 +385,40 @@ def compare(
         check_compatible(lm, truth)
     key, _, _ = as_key(key)
     pathset = None if pathset is None else as_path_set(pathset)
-    rows, tables = _rows(lm, prompts, max_new, pathset, method, min_prob, chunk, budget, n, jax.random.fold_in(key, 0))
+    rows, listings = _rows(lm, prompts, max_new, pathset, method, min_prob, chunk, budget, n,
+                           jax.random.fold_in(key, 0))
     sizes = [len(encode_prompt(lm, p)) for p in prompts]
     pairs = []
     for i in range(len(prompts)):
         for j in range(i + 1, len(prompts)):
             a, b = (i, j) if sizes[i] <= sizes[j] else (j, i)
             pair_key = jax.random.fold_in(jax.random.fold_in(key, 1), a * len(prompts) + b)
-            pairs.append(_pair(lm, prompts, tables, a, b, max_new, n, pair_key, tuple(narrowing_p)))
-    truth_rows = kl_truth = None
+            pairs.append(_pair(lm, prompts, listings, a, b, max_new, n, pair_key, tuple(narrowing_p)))
+    truth_rows = kl_truth = outside_truth = None
     if truth is not None:
-        truth_rows, truth_tables = _rows(truth, prompts, max_new, pathset, method, min_prob, chunk, budget, n,
-                                         jax.random.fold_in(key, 2))
-        kl_truth = []
-        for i, prompt in enumerate(prompts):
-            if tables[i] is not None and truth_tables[i] is not None:
-                kl_truth.append(divergences_exact(truth, prompt, truth_tables[i], lm, prompt, tables[i])["kl_ab"])
+        truth_rows, truth_listings = _rows(truth, prompts, max_new, pathset, method, min_prob, chunk, budget, n,
+                                           jax.random.fold_in(key, 2))
+        kl_truth, outside_truth = [], []
+        for i, (prompt, of_truth, of_model) in enumerate(zip(prompts, truth_listings, listings)):
+            if of_truth is not None and of_model is not None:
+                kl_truth.append(divergences_exact(of_truth, of_model)["kl_ab"])
+                outside_truth.append(mass_outside_support(of_truth, of_model))
             else:
                 kl_truth.append(kl(truth, prompt, lm, prompt, max_new, method="mc", n=n,
                                    key=jax.random.fold_in(jax.random.fold_in(key, 3), i)))
+                outside_truth.append(None)
     return Comparison(prompts=prompts, max_new=max_new, rows=rows, pairs=pairs, truth_rows=truth_rows,
                       kl_truth_model=kl_truth, pathset=None if pathset is None else repr(pathset),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, outside_truth=outside_truth)
 
 
-def _pair(lm, prompts, tables, a: int, b: int, max_new: int, n: int, key, levels: tuple) -> PairStats:
-    if tables[a] is not None and tables[b] is not None:
-        div = divergences_exact(lm, prompts[a], tables[a], lm, prompts[b], tables[b])
-    else:
-        div = {"kl_ab": kl(lm, prompts[a], lm, prompts[b], max_new, method="mc", n=n, key=jax.random.fold_in(key, 0)),
-               "kl_ba": kl(lm, prompts[b], lm, prompts[a], max_new, method="mc", n=n, key=jax.random.fold_in(key, 1)),
-               "js": js_mc(lm, prompts[a], lm, prompts[b], max_new, n=n, key=jax.random.fold_in(key, 2))}
-    narrowing = {str(p): None if tables[a] is None else narrowing_exact(tables[a], lm, prompts[b], p, tables[b])
-                 for p in levels}
-    return PairStats(a=a, b=b, narrowing=narrowing, **div)
+def _pair(lm, prompts, listings, a: int, b: int, max_new: int, n: int, key, levels: tuple) -> PairStats:
+    if listings[a] is not None and listings[b] is not None:
+        return PairStats(a=a, b=b, **divergences_exact(listings[a], listings[b]),
+                         narrowing={str(p): mass_in_top_set(listings[a], listings[b], p) for p in levels},
+                         outside_support=mass_outside_support(listings[a], listings[b]))
+    mc = {"n": n, "method": "mc"}
+    return PairStats(a=a, b=b, narrowing=dict.fromkeys(map(str, levels)),
+                     kl_ab=kl(lm, prompts[a], lm, prompts[b], max_new, key=jax.random.fold_in(key, 0), **mc),
+                     kl_ba=kl(lm, prompts[b], lm, prompts[a], max_new, key=jax.random.fold_in(key, 1), **mc),
+                     js=js_mc(lm, prompts[a], lm, prompts[b], max_new, n=n, key=jax.random.fold_in(key, 2)))

@@ -1,4 +1,4 @@
-"""The languages by name: ``concepts``, ``arith`` and ``text:PATH``."""
+"""The languages by name: ``concepts``, ``concepts-sparse``, ``arith`` and ``text:PATH``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathprob.data.concepts import Concepts
 from pathprob.data.text import Text, TextFileError
 from pathprob.errors import UnknownSpecError
 
-LANGUAGE_NAMES = ("concepts", "arith", "text:PATH")
+LANGUAGE_NAMES = ("concepts", "concepts-sparse", "arith", "text:PATH")
 
 __all__ = ["LANGUAGE_NAMES", "Arith", "Concepts", "Language", "Text", "TextFileError", "get_language"]
 
@@ -17,6 +17,8 @@ def get_language(name: str) -> Concepts | Arith | Text:
     """The language called ``name`` with its default parameters."""
     if name == "concepts":
         return Concepts()
+    if name == "concepts-sparse":
+        return Concepts(sparse=True, name="concepts-sparse")
     if name == "arith":
         return Arith()
     if name.startswith("text:") and len(name) > len("text:"):

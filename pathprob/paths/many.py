@@ -31,8 +31,16 @@ import numpy as np
 from pathprob.errors import BadPromptError, BudgetExceededError
 from pathprob.models.base import LanguageModel, State, repeat_paths
 from pathprob.paths import frontier
-from pathprob.paths.enumerate import (DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, _check_budget, _check_request, _extend,
-                                      _nonzero, _rank)
+from pathprob.paths.enumerate import (
+    DEFAULT_BUDGET,
+    DEFAULT_CHUNK,
+    Budget,
+    _check_budget,
+    _check_request,
+    _extend,
+    _nonzero,
+    _rank,
+)
 from pathprob.paths.results import PathTable, logsumexp64
 
 
