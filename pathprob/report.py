@@ -62,7 +62,7 @@ def versions() -> dict:
 
     return {"pathprob": pathprob.__version__, "jax": jax.__version__, "flax": flax.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 class Report:

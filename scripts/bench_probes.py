@@ -23,7 +23,7 @@ from flax import nnx
 
 import pathprob as pp
 from pathprob.models.transformer import init_transformer
-from pathprob.training import _Probes, _batch, _make_steps, make_optimizer
+from pathprob.training import _batch, _make_steps, _Probes, make_optimizer
 
 
 def run_overhead(run_dir: Path) -> dict:

@@ -31,14 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import VOCAB, forward_flops_per_token, interleaved_rounds  # noqa: E402
+from bench_model import VOCAB, forward_flops_per_token, interleaved_rounds
 
-import pathprob as pp  # noqa: E402
-from pathprob.config import ModelConfig  # noqa: E402
-from pathprob.data.tokenizer import Tokenizer  # noqa: E402
-from pathprob.models.transformer import TransformerLM, init_transformer  # noqa: E402
-from pathprob.paths import frontier, proposal, sample  # noqa: E402
-from pathprob.paths.montecarlo import mass_mc  # noqa: E402
+import pathprob as pp
+from pathprob.config import ModelConfig
+from pathprob.data.tokenizer import Tokenizer
+from pathprob.models.transformer import TransformerLM, init_transformer
+from pathprob.paths import frontier, proposal, sample
+from pathprob.paths.montecarlo import mass_mc
 
 TOKENIZER = Tokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
 

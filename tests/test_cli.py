@@ -1,12 +1,12 @@
 """The command line: one API call plus printing; bad input is one line and exit status 2."""
 
-import json
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from pathprob.cli import app
+from pathprob.files import loads_strict
 
 runner = CliRunner()
 
@@ -17,8 +17,9 @@ def invoke(*args):
 
 def assert_one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
+    assert result.stdout == "", result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert "Traceback" not in result.output
@@ -37,27 +38,27 @@ def run_dir(tmp_path_factory):
 def test_info_and_score(run_dir):
     result = invoke("info", run_dir, "--json")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = loads_strict(result.stdout)
     assert info["step"] == 4 and info["language"] == "arith"
     result = invoke("score", "truth:arith", "--prompt", "^1+2=", "--continuation", "3;", "--continuation", "4;",
                     "--json")
     assert result.exit_code == 0, result.output
-    scores = json.loads(result.output)
-    assert scores[0]["logp"] == pytest.approx(0.0, abs=1e-6) and scores[1]["logp"] == float("-inf")
+    scores = loads_strict(result.stdout)
+    assert scores[0]["logp"] == pytest.approx(0.0, abs=1e-6) and scores[1]["logp"] == "-inf"
 
 
 def test_engine_commands(run_dir, tmp_path):
     out_file = tmp_path / "paths.json"
     result = invoke("enumerate", "truth:arith", "--prompt", "^1+2=3;", "--max-new", 3, "--json", out_file)
     assert result.exit_code == 0, result.output
-    data = json.loads(out_file.read_text())
+    data = loads_strict(out_file.read_text())
     assert abs(sum(p["p"] for p in data["paths"]) - 1) < 1e-6 and len(data["paths"]) == 49
     result = invoke("enumerate", run_dir, "--prompt", "^1+2=", "--max-new", 2, "--min-prob", 0.01)
     assert result.exit_code == 0 and "certified remainder" in result.output
     result = invoke("topk", "truth:arith", "--prompt", "^", "-k", 3, "--max-new", 4)
     assert result.exit_code == 0 and "certificate" in result.output
     result = invoke("mass", "truth:arith", "--prompt", "^1+2=", "--regex", "3.*", "--max-new", 2, "--json", "-")
-    assert result.exit_code == 0 and json.loads(result.output)["exact"]
+    assert result.exit_code == 0 and loads_strict(result.stdout)["exact"]
     result = invoke("entropy", "truth:arith", "--prompt", "^", "--max-new", 4)
     assert result.exit_code == 0 and "nats" in result.output
 
@@ -95,7 +96,7 @@ def test_monte_carlo_commands():
         result = invoke("mass", "truth:concepts", "--prompt", "^", "--regex", "ab.*", "--max-new", 3,
                         "--method", method, "-n", 256, "--json", "-")
         assert result.exit_code == 0, result.output
-        est = json.loads(result.output)
+        est = loads_strict(result.stdout)
         assert est["method"] == method and est["lower"] <= est["value"] <= est["upper"]
     result = invoke("entropy", "truth:arith", "--prompt", "^", "--max-new", 4, "--method", "mc", "-n", 256)
     assert result.exit_code == 0 and "95% interval" in result.output

@@ -5,12 +5,12 @@ import math
 
 import numpy as np
 import pytest
+from test_plots import check_links, check_png
 from typer.testing import CliRunner
 
 import pathprob as pp
 from pathprob.cli import app
 from pathprob.demo import NARROWING_SHOTS, find_checkpoints
-from test_plots import check_links, check_png
 
 runner = CliRunner()
 

@@ -17,7 +17,7 @@ from pathprob.config import ModelConfig
 from pathprob.data.tokenizer import Tokenizer
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.plots import paths as figures
-from pathprob.report import Report, build_report
+from pathprob.report import Report
 
 TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
 CFG = ModelConfig(vocab_size=5, max_len=12, d_model=16, n_layers=1, n_heads=2, d_ff=32)

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 import pathprob as pp
 from pathprob.analysis.compare import format_estimate
-from pathprob.cli.common import (JsonOut, MaxNew, MinProb, Prompt, Samples, Seed, Spec, command, emit_json, err,
-                                 int_list, out)
+from pathprob.cli.common import (
+    JsonOut,
+    MaxNew,
+    MinProb,
+    Prompt,
+    Samples,
+    Seed,
+    Spec,
+    command,
+    emit_json,
+    err,
+    int_list,
+    out,
+    plot_option,
+)
 
 
 @command
 def walk(spec: Spec, prompt: Prompt,
-         continuation: Annotated[Optional[str], typer.Option(help="Decoding path (default: greedy).")] = None,
+         continuation: Annotated[str | None, typer.Option(help="Decoding path (default: greedy).")] = None,
          max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Greedy steps at most.")] = 8,
-         plot: Annotated[Optional[Path], typer.Option(help="PCA walk figure (PNG); the logit lens goes to *_lens.png.")] = None,
+         plot: Annotated[Path | None, plot_option("PCA walk figure (PNG); the logit lens goes to *_lens.png.")] = None,
          json_out: JsonOut = None):
     """The encoding and decoding walks through embedding space, with the logit lens per layer."""
     from pathprob.analysis.walk import walk as walk_fn
@@ -50,34 +63,60 @@ def walk(spec: Spec, prompt: Prompt,
 def concept_test(spec: Spec,
                  k: Annotated[str, typer.Option("--k", help="In-context examples, comma-separated.")] = "0,5",
                  items: Annotated[int, typer.Option(min=2, help="Multiple-choice items per k.")] = 256,
-                 bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
+                 source: Annotated[str | None, typer.Option(
+                     help="Vector sources, comma-separated: embed and/or layer numbers (default: all).")] = None,
+                 aggregator: Annotated[str, typer.Option(help="mean, weighted, last; comma-separated.")] =
+                 "mean,weighted,last",
+                 bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 10000,
                  seed: Seed = 0,
-                 plot: Annotated[Optional[Path], typer.Option(help="Bar chart (PNG) of chance-corrected scores.")] = None,
+                 random_seed: Annotated[int, typer.Option("--random-seed", min=0,
+                                                          help="Seed of the random-init control.")] = 0,
+                 plot: Annotated[Path | None, plot_option("Figure (PNG): model vs controls.")] = None,
                  json_out: JsonOut = None):
-    """Singh's concept-space tests (aggregated-context generation, concept similarity) on the concepts language."""
+    """Singh's concept-space tests (aggregated-context generation, concept similarity) with three controls."""
     from pathprob.analysis.concept_test import concept_test as run_test
 
-    result = run_test(pp.open_model(spec), ks=int_list(k, "--k"), n_items=items, bootstrap=bootstrap, seed=seed)
+    names = [] if source is None else [s.strip() for s in source.split(",") if s.strip()]
+    if not all(s == "embed" or s.isdigit() for s in names):
+        raise pp.PathprobError(f"--source takes embed and/or layer numbers, comma-separated; got {source!r}")
+    result = run_test(pp.open_model(spec), ks=int_list(k, "--k"), n_items=items,
+                      sources=[s if s == "embed" else int(s) for s in names] or None,
+                      aggregators=[a.strip() for a in aggregator.split(",") if a.strip()], bootstrap=bootstrap,
+                      seed=seed, random_seed=random_seed)
     if plot is not None:
         from pathprob.plots.embedding import concept_figure
 
         err.print(f"wrote {concept_figure(result, plot)}")
     if emit_json(json_out, result.to_dict()) and str(json_out) == "-":
         return
-    table = Table("k", "condition", "accuracy", "÷ base", "chance-corrected", title=f"{items} items per k; "
-                  f"{100 * result.level:g}% bootstrap intervals; chance 0.25", title_justify="left")
-    for r in result.rows:
-        ci = lambda v, c: f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]"
-        table.add_row(str(r.k), r.label, ci(r.accuracy, r.accuracy_ci), ci(r.normalized, r.normalized_ci),
-                      ci(r.chance_corrected, r.chance_corrected_ci))
-    out.print(table)
+    ci = lambda v, c, sign="": f"{v:{sign}.3f} [{c[0]:{sign}.3f}, {c[1]:{sign}.3f}]"
+    for kk in result.base:
+        for family, family_verdict in result.verdicts[kk].items():
+            rows = [r for r in result.rows if r.k == kk and r.condition.family == family]
+            if not rows:
+                continue
+            note = "no context: not corrected, no verdict" if kk == 0 else \
+                f"model - this at {100 * rows[0].verdict_level:.4g}% (Bonferroni over {len(rows)})"
+            out.print(f"k = {kk}, {family}: {items} items ({result.drawn[kk]} drawn)")
+            out.print(f"  {100 * result.level:g}% intervals; {note}")
+            for r in rows:
+                out.print(f"  {r.label}")
+                out.print(f"    {result.scorers[0]:<14} {ci(r.accuracy[0], r.accuracy_ci[0])}   "
+                          f"÷ base {ci(r.normalized, r.normalized_ci)}")
+                for scorer, a, a_ci, d, d_ci in zip(result.scorers[1:], r.accuracy[1:], r.accuracy_ci[1:],
+                                                    r.difference, r.difference_ci):
+                    out.print(f"    {scorer:<14} {ci(a, a_ci)}   model - this {ci(d, d_ci, '+')}")
+                if kk > 0:
+                    out.print(f"    {r.verdict}; corrected against {r.best_control}: {ci(r.corrected, r.corrected_ci)}")
+            counts = ", ".join(f"{sum(r.verdict == v for r in rows)} {v}" for v in sorted({r.verdict for r in rows}))
+            out.print(f"verdict, k = {kk}, {family}: {family_verdict} (of {len(rows)} conditions: {counts})")
 
 
 @command
 def ablate(spec: Spec,
            mode: Annotated[str, typer.Option(help="uniform, cluster, none, or model (the identity)")] = "uniform",
-           layer: Annotated[Optional[list[int]], typer.Option(help="Layer to ablate; repeat for several (default: all).")] = None,
-           language: Annotated[Optional[str], typer.Option(help="Language of the eval documents and probes.")] = None,
+           layer: Annotated[list[int] | None, typer.Option(help="Layer to ablate; repeat for several (default: all).")] = None,
+           language: Annotated[str | None, typer.Option(help="Language of the eval documents and probes.")] = None,
            docs: Annotated[int, typer.Option("--docs", min=1, help="Eval documents.")] = 256,
            max_new: MaxNew = 6, min_prob: MinProb = 1e-4, json_out: JsonOut = None):
     """Replace attention and report the change in eval loss and KL(original || ablated) over paths."""
@@ -103,15 +142,15 @@ def compare(
     spec: Spec,
     prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text; repeat for several (at least one).")],
     max_new: MaxNew,
-    truth: Annotated[Optional[str], typer.Option(help="Second model spec to compare with (e.g. truth:concepts).")] = None,
-    regex: Annotated[Optional[str], typer.Option("--set", help="Full-match regex: report the set's mass.")] = None,
+    truth: Annotated[str | None, typer.Option(help="Second model spec to compare with (e.g. truth:concepts).")] = None,
+    regex: Annotated[str | None, typer.Option("--set", help="Full-match regex: report the set's mass.")] = None,
     method: Annotated[str, typer.Option(help="auto, exact or mc")] = "auto",
     min_prob: MinProb = 0.0, n: Samples = 4096, seed: Seed = 0,
     json_out: JsonOut = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the coverage figure (PNG + JSON).")] = None,
+    plot: Annotated[Path | None, plot_option("Write the coverage figure (PNG + JSON).")] = None,
 ):
-    """Compare the path distributions after several prompts: entropy, coverage, top paths, JS/KL, narrowing."""
-    from pathprob.analysis.compare import LEVELS, format_count
+    """Compare the path distributions after several prompts: entropy, supports, top paths, JS/KL, narrowing."""
+    from pathprob.analysis.compare import LEVELS, format_count, format_support
     from pathprob.analysis.compare import compare as compare_prompts
 
     lm = pp.open_model(spec)
@@ -127,25 +166,29 @@ def compare(
     for title, rows in (("model", result.rows), ("truth", result.truth_rows)):
         if rows is None:
             continue
-        table = Table("#", "prompt", "H (nats)", "exp(H)", *(f"n{round(100 * q)}" for q in LEVELS), "top path",
-                      "set mass", "method", title=f"{title}: paths of up to {max_new} tokens", title_justify="left")
+        table = Table("#", "prompt", "H (nats)", "exp(H)", "support (p > 0)", *(f"n{round(100 * q)}" for q in LEVELS),
+                      "top path", "set mass", "method", title=f"{title}: paths of up to {max_new} tokens; method "
+                      "'bounded' = enumerated with pruning, some numbers are proven bounds", title_justify="left")
         for i, row in enumerate(rows):
             top = f"{row.top[0][0]!r} {row.top[0][1]:.3g}" if row.top else ""
             table.add_row(str(i), repr(row.prompt), format_estimate(row.entropy), f"{row.effective_paths[0]:.4g}",
-                          *(format_count(row.coverage[str(q)]) for q in LEVELS), top,
+                          format_support(row.support), *(format_count(row.coverage[str(q)]) for q in LEVELS), top,
                           "" if row.set_mass is None else format_estimate(row.set_mass), row.method)
         out.print(table)
     if result.pairs:
         levels = list(result.pairs[0].narrowing)
         table = Table("a", "b", "JS (nats)", "KL(a||b)", "KL(b||a)", *(f"P_b(top-{p} of a)" for p in levels),
-                      title="pairs (a = shorter prompt)", title_justify="left")
+                      "P_b(outside a's support)", title="pairs (a = shorter prompt)", title_justify="left")
         for pair in result.pairs:
             table.add_row(str(pair.a), str(pair.b), format_estimate(pair.js), format_estimate(pair.kl_ab),
                           format_estimate(pair.kl_ba),
-                          *("n/a" if e is None else format_estimate(e) for e in pair.narrowing.values()))
+                          *("n/a" if e is None else format_estimate(e) for e in pair.narrowing.values()),
+                          "n/a" if pair.outside_support is None else format_estimate(pair.outside_support))
         out.print(table)
     if result.kl_truth_model is not None:
         out.print("KL(truth || model) per prompt: " + ", ".join(format_estimate(e) for e in result.kl_truth_model))
+        out.print("model's mass outside the truth's support (paths the truth gives p = 0) per prompt: "
+                  + ", ".join("n/a" if e is None else format_estimate(e) for e in result.outside_truth))
     reasons = {row.reason for row in result.rows if row.reason}
     for reason in reasons:
         out.print(f"Monte Carlo because: {reason}")
@@ -155,13 +198,14 @@ def compare(
 def narrow(
     spec: Spec,
     language: Annotated[str, typer.Option(help="A language with latent concepts (concepts).")] = "concepts",
-    n_prompts: Annotated[int, typer.Option("--n-prompts", min=2, help="Prompts (documents) per point.")] = 64,
+    n_prompts: Annotated[int, typer.Option("--n-prompts", min=1,
+                                           help="Prompts (documents) per point; intervals need at least 3.")] = 64,
     k: Annotated[str, typer.Option("--k", help="Numbers of in-context examples, comma-separated.")] = "0,1,2,4,8",
     method: Annotated[str, typer.Option(help="auto, exact or mc")] = "auto",
     min_prob: MinProb = 1e-4, seed: Seed = 0, json_out: JsonOut = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the narrowing figure (PNG + JSON).")] = None,
+    plot: Annotated[Path | None, plot_option("Write the narrowing figure (PNG + JSON).")] = None,
 ):
-    """The in-context narrowing curve: entropy of the next example vs the number of examples, model vs truth."""
+    """The in-context narrowing curve: entropy, supports and their inclusion vs examples, model vs truth."""
     from pathprob.analysis.narrowing import narrowing_curve
 
     ks = int_list(k, "--k")
@@ -173,13 +217,24 @@ def narrow(
         err.print(f"wrote {draw(curve.to_dict(), plot)}")
     if emit_json(json_out, curve.to_dict()) and str(json_out) == "-":
         return
+    measures = curve.measures
     table = Table("k", "model H (nats)", "truth H (nats)", "P(true concept)", "method (model/truth)",
-                  title=f"narrowing over {curve.n_prompts} prompts ({100 * curve.level:g}% intervals over prompts)",
+                  title=f"narrowing over {curve.n_prompts} prompts; intervals: {curve.interval}", title_justify="left")
+    for i, kk in enumerate(curve.k):
+        model = measures["model"]["entropy"].format(i) if "model" in measures else ""
+        methods = "/".join(measures[who]["entropy"].method[i] for who in ("model", "truth") if who in measures)
+        table.add_row(str(kk), model, measures["truth"]["entropy"].format(i),
+                      measures["truth"]["posterior"].format(i), methods)
+    out.print(table)
+    table = Table("k", "", "support (p > 0)", "exp(H)", "n50", "n90", "n99", "P_k(top-90% set of previous k)",
+                  "P_k(outside support)", title=f"supports over {curve.n_prompts} prompts ({curve.n_paths:,} paths "
+                  "possible); outside: the truth's previous support (truth), the truth's support at k (model)",
                   title_justify="left")
     for i, kk in enumerate(curve.k):
-        model = "" if curve.model_mean is None else \
-            f"{curve.model_mean[i]:.4f} [{curve.model_lower[i]:.4f}, {curve.model_upper[i]:.4f}]"
-        methods = "/".join(curve.methods[name][i] for name in ("model", "truth") if name in curve.methods)
-        table.add_row(str(kk), model, f"{curve.truth_mean[i]:.4f} [{curve.truth_lower[i]:.4f}, {curve.truth_upper[i]:.4f}]",
-                      f"{curve.posterior_mean[i]:.4f}", methods)
+        previous = f"_of_k{curve.k[i - 1]}" if i else None
+        for who, m in measures.items():
+            outside = m.get("outside_truth") if who == "model" else m.get(f"outside_support{previous}")
+            inside = m.get(f"in_top90{previous}") if previous else None
+            numbers = [m[name].format(i) for name in ("support", "effective_paths", "top_0.5", "top_0.9", "top_0.99")]
+            table.add_row(str(kk), who, *numbers, *("n/a" if x is None else x.format(i) for x in (inside, outside)))
     out.print(table)

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 import pathprob as pp
-from pathprob.cli.common import (ChunkProgress, JsonOut, LevelProgress, MaxNew, MaxPaths, MinProb, Prompt, Samples,
-                                 Seed, Spec, command, emit_json, mc_options, out, print_estimate, print_paths)
+from pathprob.cli.common import (
+    ChunkProgress,
+    JsonOut,
+    LevelProgress,
+    MaxNew,
+    MaxPaths,
+    MinProb,
+    Progress,
+    Prompt,
+    Samples,
+    Seed,
+    Spec,
+    command,
+    emit_json,
+    finish_estimate,
+    finite,
+    mc_options,
+    out,
+    print_paths,
+)
 from pathprob.files import dumps
+from pathprob.paths.proposal import Proposal
+from pathprob.paths.sample import Samples as SampleSet
+from pathprob.paths.sample import stream
 
 
 @command
@@ -87,9 +108,7 @@ def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
     with ChunkProgress(n) as progress:
         est = pp.mass(lm, prompt, pathset, max_new, method=method, min_prob=min_prob, max_paths=max_paths,
                       **mc_options(method, n, seed, progress))
-    if emit_json(json_out, est.to_dict()) and str(json_out) == "-":
-        return
-    print_estimate(f"P({regex!r})", est)
+    finish_estimate(f"P({regex!r})", est, json_out, requested=n)
 
 
 @command
@@ -105,21 +124,26 @@ def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
         if method == "mc":
             options["estimator"] = estimator
         est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, **options)
-    if emit_json(json_out, est.to_dict()) and str(json_out) == "-":
-        return
-    print_estimate("H", est, " nats")
-    out.print(f"effective number of paths exp(H) = {math.exp(est.value):.4g}")
+    finish_estimate("H", est, json_out, requested=n, unit=" nats",
+                    note=f"effective number of paths exp(H) = {math.exp(est.value):.4g}")
 
 
 @command
 def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed: Seed = 0,
-           temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
-           top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample among the k best tokens.")] = None,
-           top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = None,
+           temperature: Annotated[float, typer.Option(parser=finite(0.0), help="Sampling temperature.")] = 1.0,
+           top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample among the k best tokens.")] = None,
+           top_p: Annotated[float | None, typer.Option("--top-p", parser=finite(0.0, 1.0),
+                                                          help="Nucleus sampling.")] = None,
            show: Annotated[int, typer.Option(min=0, help="Distinct paths to print.")] = 20, json_out: JsonOut = None):
     """Sample paths; print the most frequent with counts and model probabilities."""
     lm = pp.open_model(spec)
-    samples = pp.sample(lm, prompt, n, max_new, key=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+    # pp.sample's own loop, with progress between chunks (pp.sample takes no progress callback).
+    drawn, parts = Proposal(temperature=temperature, top_k=top_k, top_p=top_p), []
+    with Progress("samples", n) as progress:
+        for part in stream(lm, prompt, n, max_new, key=seed, proposal=drawn):
+            parts.append(part)
+            progress.update(sum(map(len, parts)), "")
+    samples = SampleSet.concatenate(parts)
     if emit_json(json_out, samples.to_dict()) and str(json_out) == "-":
         return
     table = Table("#", "path", "count", "frequency", "p model", title=f"{n:,} samples after {prompt!r} (seed {seed})",
@@ -134,8 +158,8 @@ def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed:
 
 @command
 def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
-       prompt_b: Annotated[Optional[str], typer.Option("--prompt-b", help="Prompt of b (default: --prompt).")] = None,
-       model_b: Annotated[Optional[str], typer.Option("--model-b", help="Model spec of b (default: SPEC).")] = None,
+       prompt_b: Annotated[str | None, typer.Option("--prompt-b", help="Prompt of b (default: --prompt).")] = None,
+       model_b: Annotated[str | None, typer.Option("--model-b", help="Model spec of b (default: SPEC).")] = None,
        method: Annotated[str, typer.Option(help="exact or mc")] = "exact",
        n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None):
     """KL(a || b) between two path distributions (two prompts and/or two models), in nats."""
@@ -144,6 +168,4 @@ def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
     with ChunkProgress(n) as progress:
         est = pp.kl(lm_a, prompt, lm_b, prompt if prompt_b is None else prompt_b, max_new, method=method,
                     **mc_options(method, n, seed, progress))
-    if emit_json(json_out, est.to_dict()) and str(json_out) == "-":
-        return
-    print_estimate("KL(a || b)", est, " nats")
+    finish_estimate("KL(a || b)", est, json_out, requested=n, unit=" nats")

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 import pathprob as pp
-from pathprob.cli.common import JsonOut, Progress, command, emit_json, err, out
+from pathprob.cli.common import JsonOut, Progress, command, emit_json, err, finite, out, out_dir_option
 
 
 @command
 def train(
     language: Annotated[str, typer.Option(help="concepts, arith or text:PATH")] = "concepts",
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, metrics.jsonl).")] = Path("runs/concepts"),
+    out_dir: Annotated[Path, out_dir_option("Run directory (checkpoints, metrics.jsonl).")] = Path("runs/concepts"),
     steps: Annotated[int, typer.Option(min=1)] = 2000,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    learning_rate: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    learning_rate: Annotated[float, typer.Option(parser=finite(0.0))] = 3e-3,
     d_model: Annotated[int, typer.Option(min=1)] = 128,
     n_layers: Annotated[int, typer.Option(min=1)] = 2,
     n_heads: Annotated[int, typer.Option(min=1)] = 4,
@@ -29,12 +29,12 @@ def train(
     log_every: Annotated[int, typer.Option(min=1)] = 50,
     keep: Annotated[int, typer.Option(min=1, help="Checkpoints to keep.")] = 2,
     seed: Annotated[int, typer.Option(min=0)] = 0,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
     probe_every: Annotated[int, typer.Option(min=0, help="Probe the path distribution every N steps (0: off).")] = 0,
-    probe_prompt: Annotated[Optional[list[str]], typer.Option(help="Probe prompt; repeat (default: the language's).")] = None,
-    probe_set: Annotated[Optional[list[str]], typer.Option(help="Probed path set: a set name or regex; repeat.")] = None,
+    probe_prompt: Annotated[list[str] | None, typer.Option(help="Probe prompt; repeat (default: the language's).")] = None,
+    probe_set: Annotated[list[str] | None, typer.Option(help="Probed path set: a set name or regex; repeat.")] = None,
     probe_max_new: Annotated[int, typer.Option(min=0, help="Probe path length (0: one example).")] = 0,
-    probe_min_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probe enumeration pruning.")] = 1e-4,
+    probe_min_prob: Annotated[float, typer.Option(parser=finite(0.0, 1.0), help="Probe enumeration pruning.")] = 1e-4,
 ):
     """Train a Transformer on a language (resumes from OUT if it holds checkpoints)."""
     cfg = pp.TrainConfig(
@@ -54,7 +54,7 @@ def train(
 @command
 def report(
     target: Annotated[str, typer.Argument(help="A run directory (adds training), a checkpoint dir, or truth:LANGUAGE.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, its figures and their data.")],
+    out_dir: Annotated[Path, out_dir_option("Directory for report.html, its figures and their data.")],
     fast: Annotated[bool, typer.Option("--fast", help="Smaller sizes (for tests and a quick look).")] = False,
     json_out: JsonOut = None,
 ):
@@ -71,7 +71,7 @@ def report(
 @command
 def dynamics(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory (metrics.jsonl, checkpoints/).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write dynamics.png/.json (default: RUN_DIR).")] = None,
+    out_dir: Annotated[Path, out_dir_option("Where to write dynamics.png/.json (default: the current directory).")] = Path("."),
     from_checkpoints: Annotated[bool, typer.Option("--from-checkpoints", help="Recompute the probes from the kept checkpoints.")] = False,
     json_out: JsonOut = None,
 ):
@@ -82,7 +82,7 @@ def dynamics(
     with Progress("checkpoints", 0) as progress:
         result = training_dynamics(run_dir, from_checkpoints=from_checkpoints,
                                    on_step=lambda step: progress.update(0, f"step {step}"))
-    png = plot_dynamics(result.to_dict(), (out_dir or run_dir) / "dynamics.png")
+    png = plot_dynamics(result.to_dict(), out_dir / "dynamics.png")
     if emit_json(json_out, result.to_dict()) and str(json_out) == "-":
         return
     table = Table("prompt", "H first", "H last", "H truth", "KL first", "KL last", "set mass last",
@@ -100,8 +100,8 @@ def dynamics(
 
 @command
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, its figures and data.")] = Path("pathprob-demo"),
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Directory holding the shipped models.")] = None,
+    out_dir: Annotated[Path, out_dir_option("Directory for report.html, its figures and data.")] = Path("pathprob-demo"),
+    checkpoints: Annotated[Path | None, typer.Option(help="Directory holding the shipped models.")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="Small sizes: the same steps in seconds (for tests).")] = False,
     train: Annotated[bool, typer.Option("--train", help="Retrain both models from scratch into OUT/runs first.")] = False,
     json_out: JsonOut = None,

@@ -9,9 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display, no GUI toolkit: figures are files
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from pathprob.files import write_atomic, write_json  # noqa: E402
+from pathprob.files import write_atomic, write_json
 
 RC = {
     "figure.dpi": 110,
