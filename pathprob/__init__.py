@@ -8,17 +8,12 @@ from pathprob.analysis.concept_test import ConceptTest, concept_test
 from pathprob.analysis.dynamics import Dynamics, training_dynamics
 from pathprob.analysis.narrowing import NarrowingCurve, narrowing_curve
 from pathprob.analysis.walk import Geometry, Walk, geometry, walk
+from pathprob.compile_cache import enable_compile_cache
 from pathprob.config import ModelConfig, TrainConfig
 from pathprob.data.languages import get_language
 from pathprob.data.tokenizer import Tokenizer
-from pathprob.errors import (
-                             BadPromptError,
-                             BudgetExceededError,
-                             CheckpointError,
-                             PathprobError,
-                             TrainingError,
-                             UnknownSpecError,
-)
+from pathprob.errors import (BadPromptError, BudgetExceededError, CheckpointError, PathprobError, TrainingError,
+                             UnknownSpecError)
 from pathprob.loading import describe_model, open_model
 from pathprob.models.base import LanguageModel, State
 from pathprob.models.transformer import Transformer, TransformerLM
@@ -33,50 +28,10 @@ from pathprob.paths.sets import PathSet, Predicate, Regex
 from pathprob.training import train
 
 __all__ = [
-                             "Ablation",
-                             "BadPromptError",
-                             "Budget",
-                             "BudgetExceededError",
-                             "CheckpointError",
-                             "Comparison",
-                             "ConceptTest",
-                             "Dynamics",
-                             "Estimate",
-                             "Geometry",
-                             "LanguageModel",
-                             "ModelConfig",
-                             "NarrowingCurve",
-                             "PathSet",
-                             "PathTable",
-                             "PathprobError",
-                             "Predicate",
-                             "Regex",
-                             "Samples",
-                             "State",
-                             "Tokenizer",
-                             "TrainConfig",
-                             "TrainingError",
-                             "Transformer",
-                             "TransformerLM",
-                             "UnknownSpecError",
-                             "Walk",
-                             "ablate",
-                             "compare",
-                             "concept_test",
-                             "describe_model",
-                             "entropy",
-                             "enumerate_many",
-                             "enumerate_paths",
-                             "geometry",
-                             "get_language",
-                             "kl",
-                             "mass",
-                             "narrowing_curve",
-                             "open_model",
-                             "sample",
-                             "score",
-                             "top_k",
-                             "train",
-                             "training_dynamics",
-                             "walk",
+    "Ablation", "Comparison", "ConceptTest", "Dynamics", "Geometry", "NarrowingCurve", "Walk", "ablate", "compare",
+    "concept_test", "enumerate_many", "geometry", "narrowing_curve", "training_dynamics", "walk",
+    "Budget", "Estimate", "Samples", "kl", "sample", "PathSet", "PathTable", "Predicate", "Regex", "entropy", "enumerate_paths", "mass", "top_k",
+    "BadPromptError", "BudgetExceededError", "CheckpointError", "LanguageModel", "ModelConfig", "PathprobError",
+    "State", "Tokenizer", "TrainConfig", "TrainingError", "Transformer", "TransformerLM", "UnknownSpecError",
+    "describe_model", "enable_compile_cache", "get_language", "open_model", "score", "train",
 ]

@@ -27,6 +27,7 @@ from typer._click.exceptions import NoArgsIsHelpError  # typer vendors click; th
 from typer.core import TyperGroup
 
 import pathprob as pp
+from pathprob.compile_cache import enable_compile_cache
 from pathprob.errors import PathprobError
 from pathprob.files import dumps, write_atomic
 
@@ -87,6 +88,7 @@ app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help
 def _main(verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks on errors.")] = False):
     """pathprob: a language model as a probability distribution over paths, measured."""
     _verbose["on"] = verbose
+    enable_compile_cache()  # later calls read their programs back instead of compiling (PATHPROB_CACHE_DIR=off)
 
 
 def command(fn=None, *, name: str | None = None):
