@@ -199,7 +199,6 @@ def test_tail_keeps_what_khat_needs_from_a_stream():
     for part in np.array_split(log_w, 9):
         tail = tail.plus(part)
     assert tail.n == 5000 and tail.khat == pareto_khat(log_w)
-    assert pareto_khat(np.zeros(100)) == math.inf  # all weights equal: nothing above the threshold
 
 
 def test_verdict_names_every_reason():
@@ -208,6 +207,13 @@ def test_verdict_names_every_reason():
     assert not reliable and reason == ("no sample hit the set; Pareto k-hat 0.95 > 0.7: the weights are too "
                                        "heavy-tailed; effective sample size 42 < 100")
     assert "undefined" in verdict(khats=(0.2, math.inf))[1]
+
+
+def test_equal_weights_have_no_tail_and_are_not_flagged():
+    """A proposal equal to the model gives every weight 1: bounded weights, nothing to distrust."""
+    assert pareto_khat(np.zeros(256)) == -math.inf
+    assert pareto_khat(np.r_[np.zeros(250), -np.arange(1.0, 7.0)]) == -math.inf  # the top M + 1 all equal
+    assert verdict(hits=40, ess=256.0, khats=(-math.inf, 0.1)) == (True, "")
 
 
 # ---------------------------------------------------------------- interruption

@@ -52,7 +52,8 @@ def pareto_khat(log_w, n: int | None = None) -> float:
 
     ``log_w`` holds the weights, or at least their M + 1 largest when ``n`` says how
     many there are in all. The threshold is the (M+1)-th largest weight; inf when
-    fewer than 5 weights lie above it (too few to fit a tail).
+    fewer than 5 weights lie above it (too few to fit a tail), -inf when none does
+    (the weights are bounded by their maximum, e.g. all equal: a proposal equal to the model).
     """
     log_w = np.sort(np.asarray(log_w, np.float64).ravel())
     n = log_w.size if n is None else n
@@ -60,6 +61,8 @@ def pareto_khat(log_w, n: int | None = None) -> float:
     if log_w.size < m + 1 or not np.isfinite(log_w[-1]):
         return math.inf
     shifted = log_w[-(m + 1):] - log_w[-1]
+    if shifted[0] == 0.0:
+        return -math.inf  # the largest weight is reached M + 1 times: the weights are bounded, there is no tail
     log_cutoff = max(shifted[0], math.log(np.finfo(np.float64).tiny))
     excess = np.exp(shifted[shifted > log_cutoff]) - math.exp(log_cutoff)
     return gpd_shape(excess) if excess.size > 4 else math.inf
@@ -90,7 +93,7 @@ def verdict(*, hits: int | None = None, ess: float | None = None, khats: tuple[f
     reasons = []
     if hits == 0:
         reasons.append("no sample hit the set")
-    finite = [k for k in khats if math.isfinite(k)]
+    finite = [k for k in khats if k != math.inf]  # -inf: no tail at all
     if any(k > KHAT_MAX for k in finite):
         reasons.append(f"Pareto k-hat {max(finite):.2f} > {KHAT_MAX}: the weights are too heavy-tailed")
     elif len(finite) < len(khats):
