@@ -23,12 +23,13 @@ from flax import nnx
 
 import pathprob as pp
 from pathprob.models.transformer import init_transformer
-from pathprob.training import _batch, _make_steps, _Probes, make_optimizer
+from pathprob.rundir import read_metrics
+from pathprob.training import _batch, _make_steps, _new_watch, _Probes, make_optimizer
 
 
 def run_overhead(run_dir: Path) -> dict:
     """Probe seconds vs training seconds of a probed run (its step-0 probe included)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     probe_s = sum(r["probe"]["seconds"] for r in records if "probe" in r)
     wall_s = max(r.get("wall_s", 0.0) for r in records)  # excludes the step-0 probe and setup
     first = next((r["probe"]["seconds"] for r in records if r["step"] == 0 and "probe" in r), 0.0)
@@ -52,7 +53,8 @@ def main() -> None:
     tx = make_optimizer(cfg)
     graphdef, params = nnx.split(init_transformer(model_cfg, cfg.seed))
     opt_state = tx.init(params)
-    train_step, _ = _make_steps(graphdef, tx)
+    train_step, _ = _make_steps(graphdef, tx, cfg.max_nonfinite)
+    watch = _new_watch(0)
     t0 = time.perf_counter()
     probes = _Probes(cfg, language, language.truth(), graphdef, model_cfg)
     setup_s = time.perf_counter() - t0
@@ -63,9 +65,9 @@ def main() -> None:
     step = 0
 
     def advance(n: int) -> None:
-        nonlocal params, opt_state, step
+        nonlocal params, opt_state, watch, step
         for _ in range(n):
-            params, opt_state, _ = train_step(params, opt_state, _batch(cfg, language, step))
+            params, opt_state, watch, _ = train_step(params, opt_state, watch, _batch(cfg, language, step))
             step += 1
         jax.block_until_ready(params)
 

@@ -171,11 +171,12 @@ class Comparison:
 def format_estimate(est: Estimate) -> str:
     """``value`` alone only when ``est.exact`` (a proof), else ``value [lower, upper]``.
 
-    Equal bounds that are not a proof (a degenerate interval) are still shown as bounds.
+    Equal bounds that are not a proof (a degenerate interval) are still shown as bounds; an
+    estimate its diagnostics distrust is marked ``(unreliable)`` (its ``reason`` says why).
     """
     if est.exact:
         return f"{est.value:.6g}"
-    return f"{est.value:.4g} [{est.lower:.4g}, {est.upper:.4g}]"
+    return f"{est.value:.4g} [{est.lower:.4g}, {est.upper:.4g}]" + ("" if est.reliable else " (unreliable)")
 
 
 def format_count(entry: dict) -> str:

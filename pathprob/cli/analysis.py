@@ -24,6 +24,7 @@ from pathprob.cli.common import (
     int_list,
     out,
     plot_option,
+    warn,
 )
 
 
@@ -192,6 +193,11 @@ def compare(
     reasons = {row.reason for row in result.rows if row.reason}
     for reason in reasons:
         out.print(f"Monte Carlo because: {reason}")
+    estimates = [e for row in (*result.rows, *(result.truth_rows or ())) for e in (row.entropy, row.set_mass)]
+    estimates += [e for pair in result.pairs for e in (pair.js, pair.kl_ab, pair.kl_ba, *pair.narrowing.values(),
+                                                         pair.outside_support)]
+    for reason in dict.fromkeys(e.reason for e in estimates if e is not None and not e.reliable):
+        warn(f"an estimate marked (unreliable): {reason}")
 
 
 @command
