@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import pathprob as pp
 from pathprob.analysis import internals
 from pathprob.analysis.walk import geometry, walk
+from pathprob.models.base import start_one
 from pathprob.cli import app
 from pathprob.config import ModelConfig
 from pathprob.data.tokenizer import Tokenizer
@@ -75,7 +76,7 @@ def test_overrides_against_references():
 
 def _kv_logprobs(lm, prompt, path):
     """Next-token log-probs after prompt + path[:s] for every s, through the KV-cache protocol."""
-    state = lm.start(jnp.asarray(prompt), len(path))
+    state = start_one(lm, jnp.asarray(prompt), len(path))
     rows = []
     for token in path:
         rows.append(np.asarray(lm.next_logprobs(state)[0], np.float64))

@@ -6,7 +6,7 @@ the top paths and (optionally) a set's mass; between prompts, the Jensen-Shannon
 divergence, both KLs and the *narrowing test*; against a ``truth`` model, the
 same per-prompt numbers for the truth and KL(truth || model) per prompt.
 
-Exact rows come from one batched enumeration of all prompts (``paths/many.py``).
+Exact rows come from one batched enumeration of all prompts (``enumerate_many``).
 With pruning (``min_prob``) every exact number carries a proven bound:
 
 - entropy: ``[listed + r log(1/r) terms, listed + r log(V^k / r) terms]`` (``entropy_from_table``);
@@ -35,10 +35,11 @@ from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths.divergence import kl
 from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget
 from pathprob.paths.intervals import Moments, clip, normal_interval
-from pathprob.paths.many import check_budget_each, enumerate_many
+from pathprob.paths.enumerate import check_budget, enumerate_many
 from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
 from pathprob.paths.results import Estimate, PathTable
-from pathprob.paths.sample import as_key, check_compatible, sample
+from pathprob.paths.sample import sample
+from pathprob.paths.samples import as_key, check_compatible
 from pathprob.paths.score import score
 from pathprob.paths.sets import PathSet, as_path_set
 
@@ -218,7 +219,7 @@ def _plan(lm, prompts, max_new, method, min_prob, chunk, budget) -> list[str]:
     if method == "mc":
         return ["method mc requested"] * len(prompts)
     try:
-        check_budget_each(lm, max_new, min_prob=min_prob, chunk=chunk, budget=budget)
+        check_budget(lm, max_new, min_prob=min_prob, max_paths=None, chunk=chunk, budget=budget)
         return ["exact"] * len(prompts)
     except BudgetExceededError as exc:
         if method == "exact":

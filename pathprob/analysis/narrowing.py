@@ -8,7 +8,7 @@ SEP). Per k: the mean path entropy under the model and under the truth (the
 Bayes-optimal narrowing), each with a 95% t-interval over prompts, and the mean
 posterior probability of the prompt's true concept under the truth.
 
-Per-prompt entropies come from the batched exact engine (``paths/many.py``, one
+Per-prompt entropies come from the batched exact engine (``enumerate_many``, one
 batch per k: all prompts of one k have the same length) with proven bounds
 [lo_i, hi_i], or from Monte Carlo when the budget does not allow enumeration. The
 interval propagates the bounds: for any true values h_i in [lo_i, hi_i], mean(h) is
@@ -35,9 +35,9 @@ from pathprob.files import dumps
 from pathprob.models.base import LanguageModel
 from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget
 from pathprob.paths.intervals import t_quantile
-from pathprob.paths.many import check_budget_each, enumerate_many
+from pathprob.paths.enumerate import check_budget, enumerate_many
 from pathprob.paths.measure import entropy, entropy_from_table
-from pathprob.paths.sample import as_key
+from pathprob.paths.samples import as_key
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -116,17 +116,18 @@ def concept_prompts(language, n_examples: Sequence[int], n_prompts: int, key) ->
 @jax.jit
 def _posteriors(truth, prompts_NP: jax.Array) -> jax.Array:
     """float32[N, K]: the truth's posterior over concepts after each prompt."""
-    return jax.vmap(lambda p: truth.concept_posterior(truth.start(p))[0])(prompts_NP)
+    lengths_N = jnp.full(prompts_NP.shape[0], prompts_NP.shape[1], jnp.int32)
+    return truth.concept_posterior(truth.start(prompts_NP, lengths_N))
 
 
 def prompt_entropies(lm: LanguageModel, prompts_NP: np.ndarray, max_new: int, *, method: str, min_prob: float,
-                     budget: Budget, n: int, key, prompt_room: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+                     budget: Budget, n: int, key, prompt_width: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Per-prompt path entropy bounds (lower, upper) float64[N] and the method used ("exact" or "mc")."""
     prompts = [row.tolist() for row in prompts_NP]
     if method in ("auto", "exact"):
         try:
-            check_budget_each(lm, max_new, min_prob=min_prob, chunk=1024, budget=budget)
-            tables = enumerate_many(lm, prompts, max_new, min_prob=min_prob, budget=budget, prompt_room=prompt_room)
+            check_budget(lm, max_new, min_prob=min_prob, max_paths=None, chunk=1024, budget=budget)
+            tables = enumerate_many(lm, prompts, max_new, min_prob=min_prob, budget=budget, prompt_width=prompt_width)
             bounds = np.array([entropy_from_table(t) for t in tables], np.float64)
             return bounds[:, 0], bounds[:, 1], "exact"
         except BudgetExceededError:
@@ -184,7 +185,7 @@ def narrowing_curve(
     stats = {name: {"mean": [], "lower": [], "upper": []} for name in ("model", "truth", "posterior")}
     methods = {"model": [], "truth": []}
     per_prompt = {"concepts": concepts.tolist()}
-    room = prompts[n_examples[-1]].shape[1] - 1  # one set of compiled shapes for every k
+    room = prompts[n_examples[-1]].shape[1]  # one set of compiled shapes for every k
     for i, k in enumerate(n_examples):
         prompts_NP = prompts[k]
         for name, model, floor in (("model", lm, min_prob), ("truth", truth, truth_min_prob)):
@@ -192,7 +193,7 @@ def narrowing_curve(
                 continue
             low, high, used = prompt_entropies(model, prompts_NP, max_new, method=method, min_prob=floor,
                                                budget=budget, n=n, key=jax.random.fold_in(key, 2 * i + (name == "truth")),
-                                               prompt_room=room)
+                                               prompt_width=room)
             methods[name].append(used)
             per_prompt[f"{name}_{k}"] = {"lower": low.tolist(), "upper": high.tolist()}
             for part, value in zip(("mean", "lower", "upper"), mean_interval(low, high, level)):

@@ -15,7 +15,8 @@ from pathprob.paths.intervals import Moments, clip, normal_interval
 from pathprob.paths.montecarlo import ENTROPY_ESTIMATORS, OnChunk, _methods_error
 from pathprob.paths.proposal import MODEL
 from pathprob.paths.results import Estimate
-from pathprob.paths.sample import DEFAULT_CHUNK, as_key, check_compatible, stream
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
+from pathprob.paths.samples import as_key, check_compatible
 from pathprob.paths.score import score
 
 

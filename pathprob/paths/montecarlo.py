@@ -30,7 +30,8 @@ from pathprob.paths.hybrid import hybrid_mass
 from pathprob.paths.intervals import LogMoments, Moments, clip, normal_interval, wilson
 from pathprob.paths.proposal import Proposal
 from pathprob.paths.results import Estimate
-from pathprob.paths.sample import DEFAULT_CHUNK, as_key, contains, stream
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
+from pathprob.paths.samples import as_key, contains
 from pathprob.paths.sets import PathSet, as_path_set
 from pathprob.paths.smc import smc_mass
 from pathprob.paths.swor import log_num_paths, swor_entropy, swor_mass

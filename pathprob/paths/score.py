@@ -1,30 +1,49 @@
-"""Teacher-forced scoring of given continuations, through the protocol only."""
+"""Scoring given continuations: the ``Scoring`` policy of the trie walk, each distinct prefix evaluated once.
+
+The continuations of each prompt form a trie; walking it costs one model evaluation
+per distinct proper prefix (teacher-forcing every path would evaluate a shared prefix
+once per path), in the walk's power-of-two chunks. Per-token log-probabilities are
+float32 from the model, summed per path on the host in float64.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pathprob.errors import BadPromptError
-from pathprob.models.base import LanguageModel, encode_prompt, repeat_paths
+from pathprob.models.base import LanguageModel, encode_prompt
+from pathprob.paths.trie import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, Level, walk
 
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
-def _token_logprobs(lm: LanguageModel, prompt_P: jax.Array, tokens_NL: jax.Array, capacity: int) -> jax.Array:
-    """float32[N, L]: log p(token_t | prompt, tokens_<t) for every position (padding included)."""
-    state = repeat_paths(lm.start(prompt_P, capacity), tokens_NL.shape[0])
+class Scoring:
+    """The policy that expands exactly the proper prefixes of given paths and sums their log-probabilities.
 
-    def step(state, tokens_N):
-        tokens_N = jnp.maximum(tokens_N, 0)  # padding: any valid id, its score is dropped on the host
-        logprob_N = jnp.take_along_axis(lm.next_logprobs(state), tokens_N[:, None], axis=1)[:, 0]
-        return lm.advance(state, tokens_N), logprob_N
+    ``root`` int[M] is each path's prompt, ``tokens`` int32[M, L] its tokens (-1 after its
+    ``lengths``); ``logp`` float64[M] holds the scores once the walk is over. ``next_logp``
+    (optional) receives, for each path and position, the next-token log-probabilities the
+    model gave before that token: the caller passes a function of (path index, position,
+    float64[V]) when it needs them (e.g. per-step divergences).
+    """
 
-    _, logprobs_LN = jax.lax.scan(step, state, tokens_NL.T)
-    return logprobs_LN.T
+    def __init__(self, root: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, on_step=None):
+        self.tokens, self.lengths = tokens, lengths
+        self.node = np.asarray(root, np.int64).copy()  # each path's prefix node at the current level
+        self.logp = np.zeros(tokens.shape[0], np.float64)
+        self.on_step = on_step
+
+    def visit(self, level: Level) -> tuple[np.ndarray, np.ndarray]:
+        d = level.depth
+        at = np.nonzero(self.lengths > d)[0]
+        self.logp[at] += level.next_logp[self.node[at], self.tokens[at, d]]
+        if self.on_step is not None:
+            self.on_step(at, d, level.next_logp[self.node[at]])
+        go = at[self.lengths[at] > d + 1]
+        pairs, inverse = np.unique(np.stack([self.node[go], self.tokens[go, d]], axis=1), axis=0, return_inverse=True)
+        self.node = np.full(self.node.shape, -1, np.int64)
+        self.node[go] = inverse.reshape(-1)
+        return pairs[:, 0], pairs[:, 1]
 
 
 def encode_continuations(lm: LanguageModel, continuations: Sequence[str] | Sequence[Sequence[int]]) -> np.ndarray:
@@ -41,24 +60,26 @@ def encode_continuations(lm: LanguageModel, continuations: Sequence[str] | Seque
     return tokens
 
 
-def score(lm: LanguageModel, prompt: str | Sequence[int], continuations) -> np.ndarray:
+def score_paths(lm: LanguageModel, prompts: Sequence[np.ndarray], root: np.ndarray, tokens: np.ndarray, *,
+                chunk: int = DEFAULT_CHUNK, budget: Budget = DEFAULT_BUDGET, prompt_width: int | None = None,
+                on_step=None) -> np.ndarray:
+    """float64[M]: log P(tokens[i] | prompts[root[i]]) for encoded paths (int32[M, L], -1 padded), in one walk."""
+    lengths = (tokens >= 0).sum(axis=1)
+    policy = Scoring(root, tokens, lengths, on_step)
+    if tokens.shape[0] and lengths.max() > 0:
+        walk(lm, prompts, int(lengths.max()), policy, chunk=chunk, budget=budget, prompt_width=prompt_width)
+    return policy.logp
+
+
+def score(lm: LanguageModel, prompt: str | Sequence[int], continuations, *, budget: Budget = DEFAULT_BUDGET
+          ) -> np.ndarray:
     """float64[N]: log P(continuation | prompt) for each continuation.
 
     Continuations are strings (encoded without BOS) or token-id sequences, of any
-    lengths; each is scored token by token through ``start``/``advance``, and the
-    per-token log-probabilities are summed on the host in float64.
+    lengths; they are scored by walking their trie (``Scoring``).
     """
     tokens_NL = encode_continuations(lm, continuations)
     if tokens_NL.shape[0] == 0:
         return np.zeros((0,), np.float64)
-    n, width = tokens_NL.shape
-    prompt_P = encode_prompt(lm, prompt, room=width)
-    # Power-of-two buckets: a handful of compiled shapes serve every call.
-    padded = np.full((_bucket(n), min(_bucket(width), lm.max_len - len(prompt_P))), -1, np.int32)
-    padded[:n, :width] = tokens_NL
-    logprobs_NL = np.asarray(_token_logprobs(lm, prompt_P, padded, padded.shape[1]), np.float64)[:n, :width]
-    return np.where(tokens_NL >= 0, logprobs_NL, 0.0).sum(axis=1)
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+    prompt_P = encode_prompt(lm, prompt, room=int((tokens_NL >= 0).sum(axis=1).max()))
+    return score_paths(lm, [prompt_P], np.zeros(tokens_NL.shape[0], np.int64), tokens_NL, budget=budget)

@@ -34,7 +34,8 @@ from pathprob.paths import frontier
 from pathprob.paths.intervals import LogMoments, clip, normal_interval, t_interval
 from pathprob.paths.results import Estimate, logsumexp64
 from pathprob.paths.proposal import Guide, Proposal, allowed_tokens, inverse_cdf, make_guide, restrict
-from pathprob.paths.sample import DEFAULT_CHUNK, as_key, stream
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
+from pathprob.paths.samples import as_key
 from pathprob.paths.sets import PathSet
 
 MIN_REPLICATES = 8
@@ -158,7 +159,7 @@ def _smc(lm, prompt, dfa, max_new, *, n, key, threshold, particles, level, on_ch
         size = max(1, 1 << ((n // MIN_REPLICATES).bit_length() - 1)) if n >= MIN_REPLICATES else 1
     replicates = max(-(-n // size), 2)
     prompt_P = encode_prompt(lm, prompt, room=max_new)
-    root = frontier.start(lm, jnp.asarray(prompt_P), max_new)[0]
+    root = frontier.start(lm, [prompt_P], max_new)[0]
     guide = make_guide(dfa, max_new, lm.eos_id)
     values, ess, stages = LogMoments(), 0.0, []
 
