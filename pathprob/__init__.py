@@ -12,19 +12,26 @@ from pathprob.compile_cache import enable_compile_cache
 from pathprob.config import ModelConfig, TrainConfig
 from pathprob.data.languages import get_language
 from pathprob.data.tokenizer import Tokenizer
-from pathprob.errors import (BadPromptError, BudgetExceededError, CheckpointError, PathprobError, TrainingError,
-                             UnknownSpecError)
+from pathprob.errors import (
+                             BadPromptError,
+                             BudgetExceededError,
+                             CheckpointError,
+                             PathprobError,
+                             TrainingError,
+                             UnknownSpecError,
+)
 from pathprob.loading import describe_model, open_model
 from pathprob.models.base import LanguageModel, State
 from pathprob.models.transformer import Transformer, TransformerLM
 from pathprob.paths.divergence import kl
-from pathprob.paths.enumerate import Budget, enumerate_paths, top_k
-from pathprob.paths.many import enumerate_many
+from pathprob.paths.enumerate import Budget, enumerate_many, enumerate_paths
 from pathprob.paths.measure import entropy, mass
 from pathprob.paths.results import Estimate, PathTable
-from pathprob.paths.sample import Samples, sample
+from pathprob.paths.sample import sample
+from pathprob.paths.samples import Samples
 from pathprob.paths.score import score
 from pathprob.paths.sets import PathSet, Predicate, Regex
+from pathprob.paths.topk import top_k
 from pathprob.training import train
 
 __all__ = [

@@ -37,7 +37,7 @@ from pathprob.data.languages import get_language
 from pathprob.errors import CheckpointError, TrainingError
 from pathprob.models.base import LanguageModel
 from pathprob.models.transformer import Transformer, TransformerLM, init_transformer
-from pathprob.paths.score import _token_logprobs
+from pathprob.paths.score import score_paths
 from pathprob.rundir import append_metrics, locked, truncate_metrics
 
 # Fields of a TrainConfig that say where a run lives, not what it is: a moved run resumes.
@@ -113,19 +113,15 @@ def _eval_docs(cfg: TrainConfig, language) -> np.ndarray:
     return language.sample(jax.random.fold_in(jax.random.key(cfg.seed), 2**31 - 1), cfg.eval_docs)
 
 
-def cross_entropy(lm: LanguageModel, docs_NT: np.ndarray, *, batch: int = 256) -> float:
-    """Mean nats/token of ``lm`` on documents (first token = the prompt), summed in float64."""
-    total, count = 0.0, 0
-    for i in range(0, docs_NT.shape[0], batch):
-        chunk = docs_NT[i : i + batch]
-        width = chunk.shape[1] - 1
-        # All documents of a language start with the same token (BOS): one shared prompt.
-        prompt = chunk[:1, 0]
-        logprobs = np.asarray(_token_logprobs(lm, prompt, chunk[:, 1:], width), np.float64)
-        mask = chunk[:, 1:] >= 0
-        total += -np.where(mask, logprobs, 0.0).sum()
-        count += int(mask.sum())
-    return total / count
+def cross_entropy(lm: LanguageModel, docs_NT: np.ndarray) -> float:
+    """Mean nats/token of ``lm`` on documents (first token = the prompt), summed in float64.
+
+    All documents of a language start with the same token (BOS): one prompt, and the rest
+    of every document is a path scored by the trie walk (``score_paths``).
+    """
+    paths = docs_NT[:, 1:].astype(np.int32)
+    logp = score_paths(lm, [docs_NT[0, :1]], np.zeros(paths.shape[0], np.int64), paths)
+    return float(-logp.sum() / (paths >= 0).sum())
 
 
 @dataclasses.dataclass

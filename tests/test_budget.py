@@ -15,10 +15,12 @@ from pathprob.analysis import ablate as ablate_module
 from pathprob.analysis import probes
 from pathprob.analysis.probes import Prober, ProbeSpec
 from pathprob.errors import BudgetExceededError
-from pathprob.paths import divergence
+from pathprob.paths import divergence, frontier
 from pathprob.paths import score as score_module
+from pathprob.paths import trie as trie_module
 from pathprob.paths.budget import listed_paths_bound
-from pathprob.paths.score import scoring_cost
+from pathprob.paths.score import score_paths, scoring_cost
+from pathprob.paths.trie import DEFAULT_CHUNK, level_bytes
 
 PROMPT = [0, 1, 2]
 
@@ -51,21 +53,24 @@ def test_kl_exact_is_refused_before_any_work_naming_monte_carlo(lm, monkeypatch)
         assert "method='mc'" in message and "pathprob kl ... --method mc -n" in message
 
 
-def test_score_runs_in_chunks_that_fit_the_budget(lm, monkeypatch):
+def test_score_walks_groups_that_fit_the_budget(lm, monkeypatch):
     truth = brute_force(lm, PROMPT, 2)
     paths = np.full((len(truth), 2), -1, np.int32)
     for row, path in zip(paths, truth):
         row[: len(path)] = path
-    per_row = scoring_cost(lm, 1, 2)[1] - 8  # one row's bytes (the result's 8 bytes apart)
-    original, shapes = score_module._token_logprobs, []
+    per_path = frontier.path_state_bytes(lm, 2)
+    # 8 paths per walk, and the float64 result:
+    budget = pp.Budget(max_bytes=level_bytes(8, lm.vocab_size, per_path, DEFAULT_CHUNK) + 8 * len(truth))
+    assert score_module.group_rows(lm, 2, budget) == 8
+    original, groups = score_module.walk, []
 
-    def counted(lm, prompt_P, tokens_NL, capacity):
-        shapes.append(tokens_NL.shape)
-        return original(lm, prompt_P, tokens_NL, capacity)
+    def counted(lm, prompts, max_new, policy, **kwargs):
+        groups.append(policy.tokens.shape[0])
+        return original(lm, prompts, max_new, policy, **kwargs)
 
-    monkeypatch.setattr(score_module, "_token_logprobs", counted)
-    small = pp.score(lm, PROMPT, paths, budget=pp.Budget(max_bytes=8 * per_row + 8 * len(truth)))
-    assert set(shapes) == {(8, 2)} and len(shapes) == -(-len(truth) // 8)
+    monkeypatch.setattr(score_module, "walk", counted)
+    small = pp.score(lm, PROMPT, paths, budget=budget)
+    assert max(groups) == 8 and sum(groups) == len(truth) and len(groups) == -(-len(truth) // 8)
     np.testing.assert_allclose(small, list(truth.values()), atol=1e-5)  # float32 per token, float64 sums
     np.testing.assert_allclose(small, pp.score(lm, PROMPT, paths), atol=1e-6)
     # The same paths as lists of ids: the same scores.
@@ -76,7 +81,7 @@ def test_scoring_cost_says_whether_score_fits(lm):
     """``budget.allows(*scoring_cost(...))`` is exactly whether ``score`` runs or refuses."""
     paths = [[1, 2, 3], [4, 5], [2]] * 7
     nodes, nbytes = scoring_cost(lm, len(paths), 3)
-    assert nodes == len(paths) * 4  # teacher-forced over the padded width, a power of two
+    assert nodes == len(paths) * 3  # at most one evaluation per token of each path
     one_row = scoring_cost(lm, 1, 3)[1]
     for budget, fits in ((pp.Budget(max_nodes=nodes, max_bytes=nbytes), True), (pp.Budget(max_nodes=nodes - 1), False),
                          (pp.Budget(max_bytes=one_row - 1), False)):
@@ -110,23 +115,24 @@ def test_probe_is_refused_before_it_runs(monkeypatch):
     model = random_lm(0, language.tokenizer)
     prompts = ("^3+6=", "^1+2=")
     prober = Prober(ProbeSpec(prompts=prompts, max_new=2, min_prob=0.0), language)
-    costs = [trie.cost(model, 2) for trie in prober._tries]
+    root, tokens = prober._tracked
+    nodes, _ = scoring_cost(model, tokens.shape[0], 2)
     rows = []
-    monkeypatch.setattr(probes.frontier, "expand", _counting(probes.frontier.expand, rows))
-    for trie, prompt in zip(prober._tries, prompts):
-        trie.score(model, model.tokenizer.encode(prompt), 2)
-    assert sum(c[0] for c in costs) == len(prober._tries) + sum(rows)  # the cost counts every evaluation
-    prober.budget = pp.Budget(max_nodes=sum(c[0] for c in costs) - 1)
+    monkeypatch.setattr(trie_module.frontier, "expand_children", _counting(trie_module.frontier.expand_children, rows))
+    encoded = [model.tokenizer.encode(p) for p in prompts]
+    score_paths(model, [np.asarray(e) for e in encoded], root, tokens)
+    assert 0 < sum(rows) <= nodes  # the cost bounds every evaluation
+    prober.budget = pp.Budget(max_nodes=int(nodes) - 1)
     monkeypatch.setattr(probes, "enumerate_many", must_not_run)
     with pytest.raises(BudgetExceededError) as excinfo:
         prober(model)
     assert "probing KL" in refusal(excinfo)
 
 
-def _counting(expand, rows: list):
-    def counted(lm, pool, parent_c, tokens_c):
-        rows.append(int(parent_c.shape[0]))
-        return expand(lm, pool, parent_c, tokens_c)
+def _counting(expand_children, rows: list):
+    def counted(lm, pool, parent, token, chunk):
+        rows.append(int(parent.size))
+        return expand_children(lm, pool, parent, token, chunk)
 
     return counted
 

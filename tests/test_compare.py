@@ -30,10 +30,9 @@ from pathprob.data.tokenizer import Tokenizer
 from pathprob.demo import find_checkpoints
 from pathprob.files import dumps
 from pathprob.models.transformer import TransformerLM, init_transformer
-from pathprob.paths import frontier, many
-from pathprob.paths.enumerate import Budget
+from pathprob.paths import frontier
+from pathprob.paths.enumerate import Budget, enumerate_many
 from pathprob.paths.intervals import t_quantile
-from pathprob.paths.many import enumerate_many
 
 TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
 CFG = ModelConfig(vocab_size=6, max_len=16, d_model=16, n_layers=1, n_heads=2, d_ff=32)  # small: compiles fast
@@ -103,22 +102,22 @@ def test_batched_equals_per_prompt_on_the_truth(truth):
         assert max(abs(got[x] - want[x]) for x in want) <= 1e-5
 
 
-def test_prompt_room_gives_the_same_tables_and_one_compile(lm):
-    padded = enumerate_many(lm, PROMPTS, MAX_NEW, prompt_room=5)
+def test_prompt_width_gives_the_same_tables_and_one_compile(lm):
+    padded = enumerate_many(lm, PROMPTS, MAX_NEW, prompt_width=6)
     for a, b in zip(padded, enumerate_many(lm, PROMPTS, MAX_NEW)):
         got, want = as_dict(a), as_dict(b)
         assert got.keys() == want.keys() and max(abs(got[x] - want[x]) for x in want) <= 1e-5
     # Other prompts (other lengths) with the same room: no new program anywhere.
-    before = (many.start_many._cache_size(), frontier.expand._cache_size(), frontier.write._cache_size())
-    enumerate_many(lm, ["^dd", "^bcd", "^d", "^cc"], MAX_NEW, prompt_room=5)
-    assert (many.start_many._cache_size(), frontier.expand._cache_size(), frontier.write._cache_size()) == before
+    before = (frontier._start._cache_size(), frontier._expand_into._cache_size())
+    enumerate_many(lm, ["^dd", "^bcd", "^d", "^cc"], MAX_NEW, prompt_width=6)
+    assert (frontier._start._cache_size(), frontier._expand_into._cache_size()) == before
 
 
 def test_second_batch_of_the_same_length_triggers_no_trace(lm):
     enumerate_many(lm, ["^ab", "^cd"], MAX_NEW)
-    before = (many.start_many._cache_size(), frontier.expand._cache_size(), frontier.write._cache_size())
+    before = (frontier._start._cache_size(), frontier._expand_into._cache_size())
     enumerate_many(lm, ["^ba", "^dc"], MAX_NEW)
-    assert (many.start_many._cache_size(), frontier.expand._cache_size(), frontier.write._cache_size()) == before
+    assert (frontier._start._cache_size(), frontier._expand_into._cache_size()) == before
 
 
 # --- compare against the engines and brute force ---------------------------------------------------

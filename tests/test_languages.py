@@ -17,8 +17,8 @@ from pathprob.data.concepts import Concepts
 from pathprob.data.languages import LANGUAGE_NAMES, Language, get_language
 from pathprob.data.text import TextFileError
 from pathprob.errors import BadPromptError, PathprobError, UnknownSpecError
-from pathprob.models.base import LanguageModel, State, take_paths
-from pathprob.paths.many import enumerate_many
+from pathprob.models.base import LanguageModel, State, start_one, take_paths
+from pathprob.paths.enumerate import enumerate_many
 
 CONCEPTS = get_language("concepts")
 SPARSE = get_language("concepts-sparse")
@@ -26,7 +26,7 @@ ARITH = get_language("arith")
 FALSE_FAILURE = 1e-4  # per chi-square test
 
 
-start = jax.jit(lambda lm, prompt_P: lm.start(prompt_P, 0))
+start = jax.jit(lambda lm, prompt_P: start_one(lm, prompt_P, 0))
 advance = jax.jit(lambda lm, state, tokens_B: lm.advance(state, tokens_B))
 next_logprobs = jax.jit(lambda lm, state: lm.next_logprobs(state))
 concept_posterior = jax.jit(lambda lm, state: lm.concept_posterior(state))
@@ -35,8 +35,7 @@ concept_posterior = jax.jit(lambda lm, state: lm.concept_posterior(state))
 @jax.jit
 def start_many(lm, prompts_NP):
     """One path per prompt (all of one length P)."""
-    state = jax.vmap(lambda prompt_P: lm.start(prompt_P, 0))(prompts_NP)
-    return state.replace(paths=jax.tree.map(lambda leaf: leaf[:, 0], state.paths))
+    return lm.start(prompts_NP, jnp.full(prompts_NP.shape[0], prompts_NP.shape[1], jnp.int32), 0)
 
 
 @functools.partial(jax.jit, static_argnames=("prompt_len",))

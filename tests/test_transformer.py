@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from pathprob.config import ModelConfig
 from pathprob.data.tokenizer import Tokenizer
-from pathprob.models.base import repeat_paths, take_paths
+from pathprob.models.base import repeat_paths, start_one, take_paths
 
-start = jax.jit(lambda lm, prompt, capacity: lm.start(prompt, capacity), static_argnames="capacity")
+start = jax.jit(lambda lm, prompt, capacity: start_one(lm, prompt, capacity), static_argnames="capacity")
 advance = jax.jit(lambda lm, state, tokens: lm.advance(state, tokens))
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.paths.score import score

@@ -14,6 +14,7 @@ from pathprob.analysis.walk import geometry, walk
 from pathprob.cli import app
 from pathprob.config import ModelConfig
 from pathprob.data.tokenizer import Tokenizer
+from pathprob.models.base import start_one
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.plots.embedding import lens_figure, walk_figure
 
@@ -75,7 +76,7 @@ def test_overrides_against_references():
 
 def _kv_logprobs(lm, prompt, path):
     """Next-token log-probs after prompt + path[:s] for every s, through the KV-cache protocol."""
-    state = lm.start(jnp.asarray(prompt), len(path))
+    state = start_one(lm, jnp.asarray(prompt), len(path))
     rows = []
     for token in path:
         rows.append(np.asarray(lm.next_logprobs(state)[0], np.float64))

@@ -8,7 +8,7 @@ between prompts, the Jensen-Shannon divergence, both KLs and the *narrowing test
 the same per-prompt numbers for the truth, KL(truth || model), and the model's mass
 outside the truth's support (on paths the truth gives probability 0) per prompt.
 
-Exact rows come from one batched enumeration of all prompts (``paths/many.py``).
+Exact rows come from one batched enumeration of all prompts (``enumerate_many``).
 With pruning (``min_prob``) every exact number carries a proven bound, and a row's
 ``method`` is "bounded" instead of "exact" when its entropy, support or coverage
 bounds differ:
@@ -45,12 +45,12 @@ from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.files import dumps
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths.divergence import kl
-from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget
+from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, check_budget, enumerate_many
 from pathprob.paths.intervals import Moments, clip, normal_interval
-from pathprob.paths.many import check_budget_each, enumerate_many
 from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
 from pathprob.paths.results import Estimate, PathTable
-from pathprob.paths.sample import as_key, check_compatible, sample
+from pathprob.paths.sample import sample
+from pathprob.paths.samples import as_key, check_compatible
 from pathprob.paths.sets import PathSet, as_path_set
 
 METHODS = ("auto", "exact", "mc")
@@ -240,7 +240,7 @@ def _plan(lm, prompts, max_new, method, min_prob, chunk, budget) -> list[str]:
     if method == "mc":
         return ["method mc requested"] * len(prompts)
     try:
-        check_budget_each(lm, max_new, min_prob=min_prob, chunk=chunk, budget=budget)
+        check_budget(lm, max_new, min_prob=min_prob, max_paths=None, chunk=chunk, budget=budget)
         return ["exact"] * len(prompts)
     except BudgetExceededError as exc:
         if method == "exact":

@@ -12,7 +12,7 @@ from pathprob.models.base import LanguageModel
 from pathprob.paths import frontier
 from pathprob.paths.measure import mass
 from pathprob.paths.montecarlo import MASS_METHODS
-from pathprob.paths.sample import as_key
+from pathprob.paths.samples import as_key
 from pathprob.paths.sets import PathSet, as_path_set
 
 

@@ -26,7 +26,7 @@ Bayes-optimal narrowing), the curve holds the mean over prompts, with an interva
   outside every earlier support of the truth);
 - truth ``posterior``: the posterior probability of the document's true concept.
 
-Per-prompt numbers come from the batched exact engine (``paths/many.py``, one batch per
+Per-prompt numbers come from the batched exact engine (``enumerate_many``, one walk per
 k and model; identical prompts, e.g. all k = 0 prompts, enumerated once), as exact values
 or proven bounds (``analysis/supports.py``; the truth is enumerated completely by
 default, ``truth_min_prob`` 0), or for the entropy from Monte Carlo when the budget does
@@ -73,11 +73,10 @@ from pathprob.data.base import numpy_rng
 from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.files import dumps
 from pathprob.models.base import LanguageModel
-from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget
+from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, check_budget, enumerate_many
 from pathprob.paths.intervals import t_quantile
-from pathprob.paths.many import check_budget_each, enumerate_many
 from pathprob.paths.measure import entropy, entropy_from_table
-from pathprob.paths.sample import as_key
+from pathprob.paths.samples import as_key
 
 MIN_PROMPTS = 3  # fewest prompts for an interval over prompts (see the module docstring)
 INCLUSION_LEVEL = 0.9  # the measures ``in_top90_of_k{j}``
@@ -247,11 +246,12 @@ def concept_prompts(language, n_examples: Sequence[int], n_prompts: int, key) ->
 @jax.jit
 def _posteriors(truth, prompts_NP: jax.Array) -> jax.Array:
     """float32[N, K]: the truth's posterior over concepts after each prompt."""
-    return jax.vmap(lambda p: truth.concept_posterior(truth.start(p))[0])(prompts_NP)
+    lengths_N = jnp.full(prompts_NP.shape[0], prompts_NP.shape[1], jnp.int32)
+    return truth.concept_posterior(truth.start(prompts_NP, lengths_N))
 
 
 def prompt_listings(lm: LanguageModel, prompts_NP: np.ndarray, max_new: int, *, method: str, min_prob: float,
-                    budget: Budget, prompt_room: int | None = None) -> list[Listing] | None:
+                    budget: Budget, prompt_width: int | None = None) -> list[Listing] | None:
     """One enumeration per prompt as a ``Listing`` (identical prompts share one), or None where Monte Carlo
     must serve: ``method`` "mc", or "auto" beyond the budget."""
     if method == "mc":
@@ -259,8 +259,8 @@ def prompt_listings(lm: LanguageModel, prompts_NP: np.ndarray, max_new: int, *, 
     unique_UP, index_N = np.unique(prompts_NP, axis=0, return_inverse=True)
     prompts = [row.tolist() for row in unique_UP]
     try:
-        check_budget_each(lm, max_new, min_prob=min_prob, chunk=1024, budget=budget)
-        tables = enumerate_many(lm, prompts, max_new, min_prob=min_prob, budget=budget, prompt_room=prompt_room)
+        check_budget(lm, max_new, min_prob=min_prob, max_paths=None, chunk=1024, budget=budget)
+        tables = enumerate_many(lm, prompts, max_new, min_prob=min_prob, budget=budget, prompt_width=prompt_width)
     except BudgetExceededError:
         if method == "exact":
             raise
@@ -348,7 +348,7 @@ def narrowing_curve(
     truth = truth or language.truth()
     if not hasattr(truth, "concept_posterior"):
         raise PathprobError("the truth must expose concept_posterior (the concepts truth does)")
-    room = prompts[n_examples[-1]].shape[1] - 1  # one set of compiled shapes for every k
+    width = prompts[n_examples[-1]].shape[1]  # every prompt padded to the longest: one set of compiled shapes
     listings = {who: [] for who in WHO}
     bounds = {who: [] for who in WHO}
     methods = {who: [] for who in WHO}
@@ -357,7 +357,7 @@ def narrowing_curve(
             if model is None:
                 continue
             here = prompt_listings(model, prompts[k], max_new, method=method, min_prob=floor, budget=budget,
-                                   prompt_room=room)
+                                   prompt_width=width)
             mc_N = None if here is not None else _mc_entropies(model, prompts[k], max_new, n,
                                                                jax.random.fold_in(key, 2 * i + (who == "truth")))
             bounds[who].append(_prompt_bounds(here, mc_N, list(zip(n_examples, listings[who])), is_truth=who == "truth",

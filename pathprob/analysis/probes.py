@@ -22,16 +22,15 @@ exactly like one without.
 Cost. The engine's jitted functions take the model as an argument (parameters are pytree
 leaves), so programs compile once per shape; a probe keeps the shapes few and stable:
 
-- all prompts are enumerated in one batched trie walk (``enumerate_many``) with a fixed
-  ``prompt_room`` (the longest probe prompt), so prompts of any length share one program set
-  (when the batch exceeds the memory budget, e.g. near-uniform initial parameters, the prompts
-  are walked one at a time with the same ``prompt_room``);
-- the truth's listed paths (the KL and tracked paths) are scored under the model by walking
-  their trie (fixed per run) from each prompt's shared cache with the engine's ``start`` and
-  ``expand``: every proper prefix is evaluated once (teacher-forcing every path evaluates a
-  shared prefix once per path), and every level and every probe runs in the same shapes, so
-  it compiles at the first probe only. Per-token log-probabilities are float32 from the
-  model's ``start``/``advance``, summed on the host in float64, as ``score`` does.
+- all prompts are enumerated in one trie walk (``enumerate_many``), every prompt padded to the
+  longest probe prompt, so prompts of any length share one program set (when the batch exceeds
+  the memory budget, e.g. near-uniform initial parameters, the prompts are walked one at a time
+  with the same padding);
+- the truth's listed paths (the KL and tracked paths) of every prompt are scored under the
+  model in one walk of their tries (``score_paths``, fixed per run): every proper prefix is
+  evaluated once, and every level and every probe runs in the same shapes, so it compiles at
+  the first probe only. Per-token log-probabilities are float32 from the model, summed on the
+  host in float64, as ``score`` does.
 """
 
 from __future__ import annotations
@@ -41,17 +40,16 @@ import math
 import time
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from pathprob.config import TrainConfig
 from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
-from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
-from pathprob.paths.many import enumerate_many
+from pathprob.paths.enumerate import enumerate_many
 from pathprob.paths.measure import entropy_from_table, set_mass_from_table
 from pathprob.paths.results import PathTable, log1mexp, logsumexp64
+from pathprob.paths.score import score_paths, scoring_cost
 from pathprob.paths.sets import PathSet, Regex
 
 DEFAULT_SHOTS = (0, 2, 6)  # in-context examples of the default probe prompts (as in the demo)
@@ -144,90 +142,10 @@ def kl_over_paths(logp_truth: np.ndarray, logp_model: np.ndarray, log_remaining_
 class _TruthSide:
     """What a probe needs from the truth for one prompt, computed once per run."""
 
-    paths: list[list[int]]  # the truth's listed paths (most probable first)
+    tokens: np.ndarray  # int32[N, max_new]: the truth's listed paths (most probable first), -1 padded
     logp: np.ndarray  # float64[N]
     log_remaining: float
     summary: dict
-
-
-TRIE_CHUNK = 256  # paths per expansion in the truth-trie walk (fixed: one shape per prompt and run)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Trie:
-    """The truth's listed paths after one prompt as a trie, fixed per run, scored under a model by walking it.
-
-    ``levels[d]`` = (paths, node, token, parent, child_token): the paths longer than ``d``, the
-    index of each one's length-``d`` prefix among the level-``d`` nodes (level 0: the prompt), its
-    token ``d``, and the level-``d + 1`` nodes to expand: (parent at level ``d``, token) of the
-    prefixes of length ``d + 1`` that some path goes on from, in trie order. Every proper prefix is
-    evaluated once (teacher-forcing each path evaluates a shared prefix once per path), and every
-    level runs in the same shapes (``chunk`` paths per call into a pool of ``capacity``), so the
-    walk compiles at the first probe only.
-    """
-
-    levels: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    n_paths: int
-    chunk: int
-    capacity: int
-
-    @classmethod
-    def build(cls, paths: Sequence[Sequence[int]], max_new: int) -> _Trie:
-        lengths = np.asarray([len(r) for r in paths], np.int64)
-        tokens = np.full((len(paths), max_new), -1, np.int64)
-        for i, row in enumerate(paths):
-            tokens[i, : len(row)] = row
-        node, levels = np.zeros(len(paths), np.int64), []
-        for d in range(max_new):
-            at = np.nonzero(lengths > d)[0]
-            if at.size == 0:
-                break
-            go = at[lengths[at] > d + 1]
-            pairs, inverse = np.unique(np.stack([node[go], tokens[go, d]], axis=1).reshape(-1, 2), axis=0,
-                                       return_inverse=True)
-            levels.append((at, node[at], tokens[at, d], pairs[:, 0], pairs[:, 1]))
-            node = np.full(len(paths), -1, np.int64)
-            node[go] = inverse.reshape(-1)
-        widest = max([lv[3].size for lv in levels] + [1])
-        chunk = min(TRIE_CHUNK, frontier.bucket(widest, 8))
-        return cls(levels=levels, n_paths=len(paths), chunk=chunk, capacity=frontier.bucket(widest, chunk))
-
-    def cost(self, lm: LanguageModel, max_new: int) -> tuple[int, int]:
-        """(model evaluations, bytes held at once) of ``score``: every trie node expanded in full chunks;
-        two pools (parents and children) and a chunk's states, and the float64 log-probs of a level."""
-        evaluations = 1 + sum(-(-lv[3].size // self.chunk) * self.chunk for lv in self.levels)
-        per_path = frontier.path_state_bytes(lm, max_new)
-        return evaluations, (2 * self.capacity + 2 * self.chunk) * per_path + 8 * self.capacity * lm.vocab_size
-
-    def score(self, lm: LanguageModel, prompt_P: np.ndarray, max_new: int) -> np.ndarray:
-        """float64[N]: log P(path | prompt) under ``lm`` of every path (as ``score``: float32 per token, float64 sums)."""
-        pool, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
-        next_logprobs = np.asarray(logprobs_1V, np.float64)
-        logp = np.zeros(self.n_paths, np.float64)
-        for depth, (at, node, token, parent, child_token) in enumerate(self.levels):
-            logp[at] += next_logprobs[node, token]
-            if parent.size == 0:
-                break
-            keep = self.levels[depth + 1][3].size > 0  # the next level expands from this pool
-            pool, next_logprobs = self._expand(lm, pool, parent, child_token, keep=keep)
-        return logp
-
-    def _expand(self, lm: LanguageModel, pool, parent: np.ndarray, token: np.ndarray, keep: bool):
-        """``frontier.expand_children`` in fixed shapes (full chunks, one pool capacity); ``keep``: build the new pool."""
-        n, c = parent.size, self.chunk
-        rows = -(-n // c) * c
-        parent_n, token_n = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
-        parent_n[:n], token_n[:n] = parent, token
-        new_pool, pending = None, []
-        for lo in range(0, n, c):
-            child, logprobs_cV = frontier.expand(lm, pool, jnp.asarray(parent_n[lo : lo + c]),
-                                                 jnp.asarray(token_n[lo : lo + c]))
-            if keep:
-                if new_pool is None:
-                    new_pool = frontier.empty_pool(child, self.capacity)
-                new_pool = new_pool.replace(paths=frontier.write(new_pool.paths, child.paths, jnp.int32(lo)))
-            pending.append(logprobs_cV)
-        return new_pool, np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)
 
 
 class Prober:
@@ -247,22 +165,23 @@ class Prober:
         self.sets = {name: [_resolve_set(language, name, p) for p in spec.prompts] for name in spec.sets}
         self._pathsets = {name: [None if r is None else Regex(r) for r in regexes]
                           for name, regexes in self.sets.items()}
-        self._room: int | None = None  # prompt_room: the longest prompt's tokens after the first
-        self._truth, self._tries = None, None
+        self._width: int | None = None  # every prompt padded to the longest: one set of compiled shapes
+        self._truth = None
         if self.truth:
             tables = self._enumerate(self.truth, self._encoded(self.truth), self.spec.truth_min_prob)
             self._truth = [self._truth_side(i, table) for i, table in enumerate(tables)]
-            self._tries = [_Trie.build(t.paths, spec.max_new) for t in self._truth]
+            root = np.concatenate([np.full(len(t.tokens), i) for i, t in enumerate(self._truth)])
+            self._tracked = (root, np.concatenate([t.tokens for t in self._truth]))
 
     def _encoded(self, lm: LanguageModel) -> list[np.ndarray]:
         encoded = [encode_prompt(lm, p, room=self.spec.max_new) for p in self.spec.prompts]
-        if self._room is None:
-            self._room = max(len(ids) for ids in encoded) - 1
+        if self._width is None:
+            self._width = max(len(ids) for ids in encoded)
         return encoded
 
     def _enumerate(self, lm: LanguageModel, encoded: list[np.ndarray], min_prob: float) -> list[PathTable]:
         """``enumerate_paths`` of every prompt: one batched walk, or one walk per prompt beyond the budget."""
-        kwargs = {"min_prob": min_prob, "chunk": self.spec.chunk, "prompt_room": self._room, "budget": self.budget}
+        kwargs = {"min_prob": min_prob, "chunk": self.spec.chunk, "prompt_width": self._width, "budget": self.budget}
         try:
             return enumerate_many(lm, encoded, self.spec.max_new, **kwargs)
         except BudgetExceededError:
@@ -280,7 +199,7 @@ class Prober:
             "tracked": tracked.texts(with_eos=True), "tracked_tokens": _rows(tracked),
             "tracked_logp": tracked.logp.tolist(),
         }
-        return _TruthSide(paths=_rows(table), logp=table.logp, log_remaining=table.log_remaining, summary=summary)
+        return _TruthSide(tokens=table.tokens, logp=table.logp, log_remaining=table.log_remaining, summary=summary)
 
     def _masses(self, table: PathTable, i: int) -> dict:
         masses = {}
@@ -301,8 +220,12 @@ class Prober:
         encoded = self._encoded(lm)
         self._check_budget(lm)
         tables = self._enumerate(lm, encoded, self.spec.min_prob)
-        if self._tries is not None:
-            scores = [trie.score(lm, ids, self.spec.max_new) for trie, ids in zip(self._tries, encoded)]
+        if self._truth is not None:
+            # The truth's paths of every prompt scored under the model in one walk of their tries.
+            root, tokens = self._tracked
+            logp = score_paths(lm, encoded, root, tokens, chunk=self.spec.chunk, prompt_width=self._width,
+                               budget=self.budget)
+            scores = [logp[root == i] for i in range(len(encoded))]
         for i, table in enumerate(tables):
             lower, upper = entropy_from_table(table)
             row = {"entropy": 0.5 * (lower + upper), "entropy_lower": lower, "entropy_upper": upper,
@@ -317,13 +240,13 @@ class Prober:
 
     def _check_budget(self, lm: LanguageModel) -> None:
         """Refuse a probe of ``lm`` before it runs when scoring the truth's paths under it does not fit
-        (the enumeration checks its own budget). The tries are walked one after the other."""
-        if self._tries is None:
+        (the enumeration checks its own budget)."""
+        if self._truth is None:
             return
-        costs = [trie.cost(lm, self.spec.max_new) for trie in self._tries]
+        n_paths = self._tracked[1].shape[0]
         self.budget.require(
-            f"probing KL(truth || model) over the truth's {sum(t.n_paths for t in self._tries):,} listed paths needs",
-            sum(c[0] for c in costs), max(c[1] for c in costs),
+            f"probing KL(truth || model) over the truth's {n_paths:,} listed paths needs",
+            *scoring_cost(lm, n_paths, self.spec.max_new, self.budget),
             "list fewer truth paths (ProbeSpec.truth_min_prob > 0), lower the probes' max_new, or probe fewer prompts")
 
 

@@ -30,9 +30,9 @@ from pathprob.cli.common import (
     print_paths,
 )
 from pathprob.files import dumps
+from pathprob.paths.ancestral import stream
 from pathprob.paths.proposal import Proposal
-from pathprob.paths.sample import Samples as SampleSet
-from pathprob.paths.sample import stream
+from pathprob.paths.samples import Samples as SampleSet
 
 
 @command

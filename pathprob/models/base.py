@@ -5,18 +5,19 @@ static description (config, tokenizer) is auxiliary data. Engines therefore pass
 the model itself as an argument of their jitted steps, which compile once per
 model configuration and never bake parameters into the program as constants.
 
-Protocol (all pure and jit-friendly; B = paths, P = prompt length, V = vocab):
+Protocol (all pure and jit-friendly; R = prompts, B = paths, P = prompt length, V = vocab):
 
-- ``start(prompt_P, capacity) -> State`` consumes the prompt once and returns a
-  state for a batch of one path; ``capacity`` (static) is the most tokens any
-  path will be extended by.
+- ``start(prompts_RP, lengths_R, capacity) -> State`` consumes R prompts (right-padded
+  to P, ``lengths_R`` real tokens each) once and returns R paths, path r after prompt
+  r; ``capacity`` (static) is the most tokens any path will be extended by.
 - ``next_logprobs(state) -> float32[B, V]`` normalised log-probabilities of the
   next token (``-inf`` for impossible tokens).
 - ``advance(state, tokens_B) -> State`` extends every path by one token.
 
-``State.shared`` holds what all paths have in common (the prompt's KV cache),
-``State.paths`` the per-path part, every leaf with a leading B axis, so engines
-repeat, gather and shard paths with ``jax.tree.map`` over ``State.paths`` only.
+``State.shared`` holds what paths have in common (the R prompts' KV caches, stored
+once each), ``State.paths`` the per-path part, every leaf with a leading B axis
+(for a Transformer it includes each path's root prompt index), so engines repeat,
+gather and shard paths with ``jax.tree.map`` over ``State.paths`` only.
 """
 
 from __future__ import annotations
@@ -56,11 +57,33 @@ class LanguageModel(Protocol):
     @property
     def eos_id(self) -> int: ...
 
-    def start(self, prompt_P: jax.Array, capacity: int) -> State: ...
+    def start(self, prompts_RP: jax.Array, lengths_R: jax.Array, capacity: int) -> State: ...
 
     def next_logprobs(self, state: State) -> jax.Array: ...
 
     def advance(self, state: State, tokens_B: jax.Array) -> State: ...
+
+
+def pad_prompts(prompts: Sequence[np.ndarray], max_len: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(int32[R, P] right-padded with 0, int32[R] lengths) for encoded prompts.
+
+    P is ``width`` when given (at least the longest prompt), else the longest prompt
+    rounded up to a power of two; at most ``max_len``. Calls with prompts of similar
+    lengths (or the same ``width``) share their compiled programs.
+    """
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    longest = int(lengths.max())
+    width = min(max(width or 1 << (longest - 1).bit_length(), longest), max(max_len, longest))
+    out = np.zeros((len(prompts), width), np.int32)
+    for row, ids in zip(out, prompts):
+        row[: len(ids)] = ids
+    return out, lengths
+
+
+def start_one(lm: LanguageModel, prompt_P: jax.Array, capacity: int) -> State:
+    """The state of one path after one prompt (``lm.start`` with R = 1)."""
+    prompt_P = jnp.asarray(prompt_P, jnp.int32)
+    return lm.start(prompt_P[None], jnp.full((1,), prompt_P.shape[0], jnp.int32), capacity)
 
 
 def take_paths(state: State, index_B: jax.Array) -> State:

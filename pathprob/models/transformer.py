@@ -5,11 +5,12 @@ Dh head width, F MLP width, V vocabulary.
 
 The NNX module is used for initialisation and training. Decoding is functional:
 ``TransformerLM`` is a pytree holding ``graphdef`` (static) and ``params`` (leaves),
-so engines pass it to their jitted steps as an argument. Attention while decoding
-reads the prompt's KV cache, computed once and stored unbatched in
-``State.shared``, and each path's own suffix cache ``[B, H, C, Dh]`` in
-``State.paths``; both score sets share one softmax, so the result equals full
-causal attention over prompt + suffix without ever copying the prompt per path.
+so engines pass it to their jitted steps as an argument. ``start`` runs R prompts at
+once and stacks their KV caches in ``State.shared`` ([R, H, P, Dh] per layer, with the
+prompt lengths); each path holds the index of its root prompt and its own suffix cache
+``[B, H, C, Dh]`` in ``State.paths``. Attention while decoding reads the root's prompt
+cache and the path's suffix under one softmax, so the result equals full causal
+attention over prompt + suffix without ever storing a prompt cache per path.
 """
 
 from __future__ import annotations
@@ -149,31 +150,43 @@ class Transformer(nnx.Module):
 
         return jax.lax.platform_dependent(tokens_BT, cpu=chunked, default=self)
 
-    def decode(self, tokens_B, pos_B, prompt_k, prompt_v, suffix_k, suffix_v, length_B):
-        """One decoding step for B paths.
+    def decode(self, tokens_B, root_B, length_B, prompt, suffix_k, suffix_v):
+        """One decoding step for B paths, each after prompt ``root_B`` of the stacked prompt caches.
 
-        ``prompt_k/v``: per layer [H, P, Dh] (shared). ``suffix_k/v``: per layer
-        [B, H, C, Dh]; the new token's k, v are written at index ``length_B``.
-        Returns float32[B, V] logits and the updated suffix caches.
+        ``prompt``: ``k``/``v`` per layer [R, H, P, Dh] (shared, right-padded) and ``length``
+        int32[R]. ``suffix_k/v``: per layer [B, H, C, Dh]; the new token's k, v are written at
+        index ``length_B``. Returns float32[B, V] logits and the updated suffix caches.
         """
+        prompt_len_B = prompt["length"][root_B]
+        pos_B = prompt_len_B + length_B
         x_B1D = self.embed_tokens(tokens_B[:, None], pos_B[:, None])
+        R, _, P, _ = prompt["k"][0].shape
         C = suffix_k[0].shape[2]
+        visible_BP = jnp.arange(P)[None, :] < prompt_len_B[:, None]
         visible_BC = jnp.arange(C)[None, :] <= length_B[:, None]
         write = jax.vmap(lambda cache_HCd, new_Hd, i: jax.lax.dynamic_update_slice_in_dim(
             cache_HCd, new_Hd[:, None, :], i, axis=1))
         scale = 1.0 / math.sqrt(self.cfg.head_dim)
         new_k, new_v = [], []
-        for block, pk, pv, sk, sv in zip(self.blocks, prompt_k, prompt_v, suffix_k, suffix_v):
+        for block, pk, pv, sk, sv in zip(self.blocks, prompt["k"], prompt["v"], suffix_k, suffix_v):
             q, k, v = block.qkv_heads(x_B1D, pos_B[:, None])
             q_BHd = q[:, 0]
             sk = write(sk, k[:, 0].astype(sk.dtype), length_B)
             sv = write(sv, v[:, 0].astype(sv.dtype), length_B)
-            s_prompt = jnp.einsum("bhd,hpd->bhp", q_BHd, pk).astype(jnp.float32) * scale
+            if R == 1:  # one prompt: every path reads the same cache, no gather
+                s_prompt = jnp.einsum("bhd,hpd->bhp", q_BHd, pk[0])
+            else:  # each path reads its own root's cache (gathered for the product, never stored per path)
+                s_prompt = jnp.einsum("bhd,bhpd->bhp", q_BHd, pk[root_B])
+            s_prompt = jnp.where(visible_BP[:, None, :], s_prompt.astype(jnp.float32) * scale, _NEG)
             s_suffix = jnp.einsum("bhd,bhcd->bhc", q_BHd, sk).astype(jnp.float32) * scale
             s_suffix = jnp.where(visible_BC[:, None, :], s_suffix, _NEG)
             w = jax.nn.softmax(jnp.concatenate([s_prompt, s_suffix], axis=-1), axis=-1).astype(pv.dtype)
-            P = pk.shape[1]
-            attn_BHd = jnp.einsum("bhp,hpd->bhd", w[..., :P], pv) + jnp.einsum("bhc,bhcd->bhd", w[..., P:], sv)
+            w_prompt, w_suffix = w[..., :P], w[..., P:]
+            if R == 1:
+                attn_prompt_BHd = jnp.einsum("bhp,hpd->bhd", w_prompt, pv[0])
+            else:
+                attn_prompt_BHd = jnp.einsum("bhp,bhpd->bhd", w_prompt, pv[root_B])
+            attn_BHd = attn_prompt_BHd + jnp.einsum("bhc,bhcd->bhd", w_suffix, sv)
             x_B1D = x_B1D + block.proj(attn_BHd.reshape(x_B1D.shape))
             x_B1D = x_B1D + block.mlp(x_B1D)
             new_k.append(sk)
@@ -215,17 +228,27 @@ class TransformerLM:
     def max_len(self) -> int:
         return self.config.max_len
 
-    def start(self, prompt_P: jax.Array, capacity: int) -> State:
-        model = self.module
-        logits_1PV, ks, vs = model.forward(jnp.asarray(prompt_P, jnp.int32)[None])
+    def start(self, prompts_RP: jax.Array, lengths_R: jax.Array, capacity: int) -> State:
+        """R prompts (right-padded to P; ``lengths_R`` real tokens each) as R paths, path r after prompt r.
+
+        The prompts run through one causal forward (padding comes after every real token, so
+        it changes nothing before it); their KV caches are stacked in ``State.shared`` and
+        never copied per path.
+        """
+        prompts_RP = jnp.asarray(prompts_RP, jnp.int32)
+        lengths_R = jnp.asarray(lengths_R, jnp.int32)
+        R = prompts_RP.shape[0]
+        logits_RPV, ks, vs = self.module.forward(prompts_RP)
+        last_RV = jnp.take_along_axis(logits_RPV, (lengths_R - 1)[:, None, None], axis=1)[:, 0]
         cfg = self.config
-        empty = jnp.zeros((1, cfg.n_heads, capacity, cfg.head_dim), jnp.dtype(cfg.dtype))
-        shared = {"k": tuple(k[0] for k in ks), "v": tuple(v[0] for v in vs)}
+        empty = jnp.zeros((R, cfg.n_heads, capacity, cfg.head_dim), jnp.dtype(cfg.dtype))
+        shared = {"k": ks, "v": vs, "length": lengths_R}
         paths = {
+            "root": jnp.arange(R, dtype=jnp.int32),
             "k": (empty,) * cfg.n_layers,
             "v": (empty,) * cfg.n_layers,
-            "length": jnp.zeros((1,), jnp.int32),
-            "logprobs": jax.nn.log_softmax(logits_1PV[:, -1]),
+            "length": jnp.zeros((R,), jnp.int32),
+            "logprobs": jax.nn.log_softmax(last_RV),
         }
         return State(shared=shared, paths=paths)
 
@@ -234,10 +257,7 @@ class TransformerLM:
 
     def advance(self, state: State, tokens_B: jax.Array) -> State:
         paths = state.paths
-        prompt_len = state.shared["k"][0].shape[1]
-        logits_BV, ks, vs = self.module.decode(
-            tokens_B.astype(jnp.int32), prompt_len + paths["length"], state.shared["k"], state.shared["v"],
-            paths["k"], paths["v"], paths["length"],
-        )
-        paths = {"k": ks, "v": vs, "length": paths["length"] + 1, "logprobs": jax.nn.log_softmax(logits_BV)}
+        logits_BV, ks, vs = self.module.decode(tokens_B.astype(jnp.int32), paths["root"], paths["length"],
+                                               state.shared, paths["k"], paths["v"])
+        paths = {**paths, "k": ks, "v": vs, "length": paths["length"] + 1, "logprobs": jax.nn.log_softmax(logits_BV)}
         return state.replace(paths=paths)

@@ -1,8 +1,8 @@
 """Exact generative processes of the synthetic languages, as LanguageModels.
 
 Both are pytrees (tables as leaves, tokenizer and sizes static) with the same
-conventions: ``start`` runs the per-token update over the prompt with
-``lax.scan``; the next-token log-probabilities are float32 with ``-inf`` for
+conventions: ``start`` runs the per-token update over each of R prompts with
+``lax.scan`` (vmapped over the prompts; no shared part); the next-token log-probabilities are float32 with ``-inf`` for
 impossible tokens; a path extended by an impossible token becomes *dead* (all
 next log-probabilities ``-inf``, for ever); after EOS the only next token is EOS
 again. No NaN ever appears. Shapes: B paths, P prompt, V vocabulary, K concepts,
@@ -35,6 +35,22 @@ def _normalise(logits: jax.Array, axis: int | tuple[int, ...] | None = None) -> 
     """``logits - logsumexp(logits)``, staying ``-inf`` (not NaN) when everything is ``-inf``."""
     total = jax.nn.logsumexp(logits, axis=axis, keepdims=True)
     return logits - jnp.where(jnp.isfinite(total), total, 0.0)
+
+
+def _run_prompts(step, initial, prompts_RP: jax.Array, lengths_R: jax.Array):
+    """The per-path state after each prompt: ``step`` over its first ``lengths_R[r]`` tokens (padding skipped)."""
+    prompts_RP = jnp.asarray(prompts_RP, jnp.int32)
+    lengths_R = jnp.asarray(lengths_R, jnp.int32)
+
+    def one(prompt_P, length):
+        def body(path, xs):
+            t, token = xs
+            moved = step(path, token)
+            return jax.tree.map(lambda new, old: jnp.where(t < length, new, old), moved, path), None
+
+        return jax.lax.scan(body, initial, (jnp.arange(prompt_P.shape[0]), prompt_P))[0]
+
+    return jax.vmap(one)(prompts_RP, lengths_R)
 
 
 def _one_hot_log(index: int, size: int) -> jax.Array:
@@ -120,11 +136,9 @@ class ConceptsTruth:
         logprobs_V = self._next_logprobs(log_belief_KH, pos, done)
         return {"log_belief": log_belief_KH, "pos": pos, "done": done, "logprobs": logprobs_V}
 
-    def start(self, prompt_P: jax.Array, capacity: int = 0) -> State:
-        """State of one path after the prompt (BOS included); ``capacity`` is not needed."""
-        path, _ = jax.lax.scan(lambda p, t: (self._step(p, t), None), self._initial_path(),
-                               jnp.asarray(prompt_P, jnp.int32))
-        return State(shared=None, paths=jax.tree.map(lambda leaf: leaf[None], path))
+    def start(self, prompts_RP: jax.Array, lengths_R: jax.Array, capacity: int = 0) -> State:
+        """R paths, path r after prompt r (its first ``lengths_R[r]`` tokens); ``capacity`` is not needed."""
+        return State(shared=None, paths=_run_prompts(self._step, self._initial_path(), prompts_RP, lengths_R))
 
     def next_logprobs(self, state: State) -> jax.Array:
         return state.paths["logprobs"]
@@ -176,11 +190,10 @@ class AutomatonTruth:
     def _step(self, state: jax.Array, token: jax.Array) -> jax.Array:
         return self.next_state_SV[state, jnp.clip(token, 0, self.vocab_size - 1)]
 
-    def start(self, prompt_P: jax.Array, capacity: int = 0) -> State:
-        """State of one path after the prompt (BOS included); ``capacity`` is not needed."""
-        state, _ = jax.lax.scan(lambda s, t: (self._step(s, t), None), jnp.int32(self.start_state),
-                                jnp.asarray(prompt_P, jnp.int32))
-        return State(shared=None, paths={"state": state[None]})
+    def start(self, prompts_RP: jax.Array, lengths_R: jax.Array, capacity: int = 0) -> State:
+        """R paths, path r after prompt r (its first ``lengths_R[r]`` tokens); ``capacity`` is not needed."""
+        return State(shared=None, paths={"state": _run_prompts(self._step, jnp.int32(self.start_state),
+                                                               prompts_RP, lengths_R)})
 
     def next_logprobs(self, state: State) -> jax.Array:
         return self.logprobs_SV[state.paths["state"]]

@@ -71,16 +71,17 @@ def monte_carlo(command: str, api: str = "method='mc'", options: str = "--method
 
 
 def _live_prefix_counts(dfa: TokenDFA, max_new: int, eos: int) -> list[float]:
-    """Number of token sequences of each length < max_new that keep the DFA live (no EOS)."""
+    """Number of token sequences of each length < max_new that can still end accepted (no EOS)."""
     extend = dfa.transitions.copy()
     extend[:, eos] = -1
+    reach = dfa.reach(max_new, eos)
     counts = np.zeros(dfa.n_states)
     counts[dfa.initial] = 1.0
     out = []
-    for _ in range(max_new):
-        out.append(float(counts[dfa.live].sum()))
+    for depth in range(max_new):
+        out.append(float(counts[reach[max_new - depth]].sum()))
         step = np.zeros(dfa.n_states)
-        for s in np.nonzero(counts * dfa.live)[0]:
+        for s in np.nonzero(counts * reach[max_new - depth])[0]:
             targets = extend[s][extend[s] >= 0]
             np.add.at(step, targets, counts[s])
         counts = step

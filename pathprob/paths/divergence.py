@@ -10,14 +10,15 @@ import numpy as np
 
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work, listed_paths_bound, monte_carlo
 from pathprob.paths.enumerate import DEFAULT_CHUNK as ENUMERATE_CHUNK
-from pathprob.paths.enumerate import _check_request, enumerate_paths
+from pathprob.paths.enumerate import check_request, enumerate_paths
 from pathprob.paths.intervals import Moments, check_level, clip, normal_interval
 from pathprob.paths.montecarlo import ENTROPY_ESTIMATORS, OnChunk, _methods_error
 from pathprob.paths.proposal import MODEL
 from pathprob.paths.results import Estimate
-from pathprob.paths.sample import DEFAULT_CHUNK, as_key, check_compatible, stream
+from pathprob.paths.samples import as_key, check_compatible
 from pathprob.paths.score import score, scoring_cost
 
 
@@ -94,7 +95,7 @@ def _kl_exact(lm_a: LanguageModel, prompt_a, lm_b: LanguageModel, prompt_b, max_
     Refused before any work when the enumeration plus scoring every path it can list
     under b does not fit ``budget``. The same model and prompt on both sides is 0 exactly.
     """
-    prompt_aP = _check_request(lm_a, prompt_a, max_new, 0.0, None)
+    prompt_aP = check_request(lm_a, prompt_a, max_new, 0.0, None)
     prompt_bP = encode_prompt(lm_b, prompt_b, room=max_new)
     if lm_a is lm_b and np.array_equal(prompt_aP, prompt_bP):
         return Estimate(value=0.0, lower=0.0, upper=0.0, method="exact", exact=True,

@@ -10,12 +10,13 @@ of programs however many nodes it visits.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pathprob.models.base import LanguageModel, State, take_paths
+from pathprob.models.base import LanguageModel, State, pad_prompts, take_paths
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -24,9 +25,24 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("capacity",))
-def start(lm: LanguageModel, prompt_P: jax.Array, capacity: int) -> tuple[State, jax.Array]:
-    state = lm.start(prompt_P, capacity)
+def _start(lm: LanguageModel, prompts_RP: jax.Array, lengths_R: jax.Array, capacity: int) -> tuple[State, jax.Array]:
+    state = lm.start(prompts_RP, lengths_R, capacity)
     return state, lm.next_logprobs(state)
+
+
+def start(lm: LanguageModel, prompts: Sequence[np.ndarray], capacity: int, *,
+          width: int | None = None) -> tuple[State, jax.Array]:
+    """The root states of encoded ``prompts`` (one path per prompt, in order) and their next log-probs.
+
+    Prompts are padded to a power-of-two length (or to ``width``) and their number to a
+    power of two (copies of the first prompt fill the extra roots, which no caller reads),
+    so calls with similar prompts reuse one compiled program. Returns the State of ``bucket(R)`` paths and
+    float32[bucket(R), V].
+    """
+    prompts = list(prompts)
+    padded = prompts + [prompts[0]] * (bucket(len(prompts)) - len(prompts))
+    prompts_RP, lengths_R = pad_prompts(padded, lm.max_len, width)
+    return _start(lm, jnp.asarray(prompts_RP), jnp.asarray(lengths_R), capacity)
 
 
 @jax.jit
@@ -34,6 +50,16 @@ def expand(lm: LanguageModel, pool: State, parent_c: jax.Array, tokens_c: jax.Ar
     """Children ``(parent_c[i], tokens_c[i])`` of pool paths: their states and next-token log-probs [c, V]."""
     child = lm.advance(take_paths(pool, parent_c), tokens_c)
     return child, lm.next_logprobs(child)
+
+
+@functools.partial(jax.jit, donate_argnums=(2,))
+def _expand_into(lm: LanguageModel, pool: State, new_paths, parent_c: jax.Array, tokens_c: jax.Array,
+                 offset: jax.Array):
+    """``expand`` written straight into ``new_paths`` at ``offset`` (donated: updated in place)."""
+    child, logprobs_cV = expand(lm, pool, parent_c, tokens_c)
+    new_paths = jax.tree.map(lambda p, c: jax.lax.dynamic_update_slice_in_dim(p, c, offset, axis=0),
+                             new_paths, child.paths)
+    return new_paths, logprobs_cV
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -66,7 +92,8 @@ def _shape_dtype(x) -> jax.ShapeDtypeStruct:
 def _path_state_bytes(treedef, leaves: tuple, capacity: int) -> int:
     """Cached per model configuration: tracing ``start`` costs milliseconds."""
     lm = jax.tree.unflatten(treedef, leaves)
-    state, _ = jax.eval_shape(lambda lm: start(lm, jnp.zeros((1,), jnp.int32), capacity), lm)
+    ones = jnp.ones((1, 1), jnp.int32)
+    state, _ = jax.eval_shape(lambda lm: _start(lm, ones, ones[0], capacity), lm)
     return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(state.paths)))
 
 
@@ -79,15 +106,13 @@ def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: n
     parent_n = np.zeros(capacity, np.int32)
     token_n = np.zeros(capacity, np.int32)
     parent_n[:n], token_n[:n] = parent, token
-    new_pool, pending = None, []
+    new_paths = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), pool.paths)
+    pending = []
     # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
         size = min(c, bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
-        child, logprobs_cV = expand(lm, pool, jnp.asarray(parent_n[lo : lo + size]),
-                                    jnp.asarray(token_n[lo : lo + size]))
-        if new_pool is None:
-            new_pool = empty_pool(child, capacity)
-        new_pool = new_pool.replace(paths=write(new_pool.paths, child.paths, jnp.int32(lo)))
+        new_paths, logprobs_cV = _expand_into(lm, pool, new_paths, jnp.asarray(parent_n[lo : lo + size]),
+                                              jnp.asarray(token_n[lo : lo + size]), jnp.int32(lo))
         pending.append(logprobs_cV)
     logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
-    return new_pool, logprobs
+    return pool.replace(paths=new_paths), logprobs

@@ -26,7 +26,6 @@ unreliable when neither the head nor any draw met the set.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 
@@ -34,108 +33,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pathprob.errors import BadPromptError, BudgetExceededError
+from pathprob.errors import BadPromptError
 from pathprob.models.base import LanguageModel, encode_prompt
-from pathprob.paths import frontier
+from pathprob.paths import frontier, trie
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work
+from pathprob.paths.enumerate import Listing
 from pathprob.paths.intervals import clip, clopper_pearson, widen
-from pathprob.paths.proposal import reach_table
 from pathprob.paths.results import Estimate, logsumexp64
 from pathprob.paths.running import OnChunk, Run, fold_chunks
-from pathprob.paths.sample import DEFAULT_CHUNK, contains, stream
+from pathprob.paths.samples import contains
 from pathprob.paths.sets import PathSet
 
 
-@dataclasses.dataclass
-class Frontier:
-    """The result of the walk: exact head, proven-out mass, and the pruned live prefixes.
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """The exact part of the hybrid: the listed mass in and out of the set, and the pruned live prefixes.
 
-    ``levels[j]`` = (parent index into level j - 1, token) of the prefixes of length j
-    that were expanded (level 0 is the prompt). Frontier prefix i is ``levels[depth[i]]``'s
-    prefix ``parent[i]`` followed by ``token[i]``, with log-probability ``logp[i]``.
+    ``tokens`` int32[M, max_new] (-1 padded) and ``logp`` float64[M] are the live prefixes
+    below ``min_prob`` that the walk did not expand; ``log_in`` / ``log_out`` the log mass of
+    the complete paths (any probability) in and out of the set, plus the prefixes the DFA
+    proves cannot end in it (``log_out``).
     """
 
-    max_new: int
-    levels: list = dataclasses.field(default_factory=list)
-    depth: list = dataclasses.field(default_factory=list)
-    parent: list = dataclasses.field(default_factory=list)
-    token: list = dataclasses.field(default_factory=list)
-    logp: list = dataclasses.field(default_factory=list)
-    log_in: list = dataclasses.field(default_factory=list)  # complete paths in the set
-    log_out: list = dataclasses.field(default_factory=list)  # complete paths outside, or DFA-dead prefixes
-    nodes: int = 1
-
-    @functools.cached_property
-    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(depth, parent, token, logp) of every frontier prefix, once the walk is over."""
-        return tuple(np.concatenate(a) for a in (self.depth, self.parent, self.token, self.logp))
-
-    def prefixes(self, index: np.ndarray) -> np.ndarray:
-        """int32[len(index), max_new]: tokens of frontier prefixes ``index``, padded with -1."""
-        depth, parent, token, _ = (a[index] for a in self.items)
-        return self.children(depth, parent, token)
-
-    def children(self, depth: np.ndarray, parent: np.ndarray, token: np.ndarray) -> np.ndarray:
-        """int32[N, max_new]: tokens of the children (prefix ``parent`` of level ``depth``) + ``token``."""
-        out = np.full((parent.size, self.max_new), -1, np.int32)
-        rows = np.arange(parent.size)
-        out[rows, depth] = token
-        node = parent.copy()
-        for level in range(int(depth.max(initial=0)), 0, -1):
-            here = depth >= level
-            level_parent, level_token = self.levels[level]
-            out[rows[here], level - 1] = level_token[node[here]]
-            node[here] = level_parent[node[here]]
-        return out
+    log_in: float
+    log_out: float
+    tokens: np.ndarray
+    logp: np.ndarray
+    nodes: int
 
 
-def walk(lm: LanguageModel, prompt_P: np.ndarray, pathset: PathSet, max_new: int, *, min_prob: float, chunk: int,
-         budget: Budget) -> Frontier:
+def walk_head(lm: LanguageModel, prompt_P: np.ndarray, pathset: PathSet, max_new: int, *, min_prob: float,
+              chunk: int, budget: Budget) -> Head:
     """Expand every live prefix with probability >= ``min_prob``; classify all other mass (see module doc)."""
-    V, eos = lm.vocab_size, lm.eos_id
-    log_min = math.log(min_prob) if min_prob > 0 else -math.inf
     dfa = pathset.dfa(lm.tokenizer)
-    reach = None if dfa is None else reach_table(dfa, max_new, eos)
-    result = Frontier(max_new=max_new, levels=[(np.zeros(1, np.int32), np.zeros(1, np.int32))])
-    pool, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
-    logp = np.zeros(1)
-    next_logp = np.asarray(logprobs_1V, np.float64)
-    state = np.full(1, dfa.initial if dfa is not None else 0, np.int32)
-    for depth in range(max_new):
-        child_logp = logp[:, None] + next_logp
-        possible = child_logp > -np.inf
-        complete = possible & ((np.arange(V) == eos)[None, :] | (depth + 1 == max_new))
-        parent, token = np.nonzero(complete)
-        if dfa is not None:
-            inside = dfa.accepting[dfa.transitions[state[parent], token]]
-        else:
-            tokens = result.children(np.full(parent.size, depth), parent, token)
-            inside = contains(pathset, tokens, (tokens >= 0).sum(axis=1), lm.tokenizer)
-        result.log_in.append(logsumexp64(child_logp[parent[inside], token[inside]]))
-        result.log_out.append(logsumexp64(child_logp[parent[~inside], token[~inside]]))
-        growing = possible & ~complete
-        if dfa is not None:
-            child_state = dfa.transitions[state[:, None], np.arange(V)[None, :]]
-            dead = growing & ~reach[max_new - depth - 1][child_state]
-            result.log_out.append(logsumexp64(child_logp[dead]))
-            growing &= ~dead
-        parent, token = np.nonzero(growing & (child_logp < log_min))
-        result.depth.append(np.full(parent.size, depth, np.int32))
-        result.parent.append(parent.astype(np.int32))
-        result.token.append(token.astype(np.int32))
-        result.logp.append(child_logp[parent, token])
-        parent, token = np.nonzero(growing & (child_logp >= log_min))
-        if parent.size == 0:
-            break
-        if result.nodes + parent.size > budget.max_nodes:
-            raise BudgetExceededError(f"the hybrid head would expand more than {budget.max_nodes:.3g} prefixes; "
-                                      "raise min_prob or use method 'smc' or 'mc'")
-        pool, next_logp = frontier.expand_children(lm, pool, parent, token, chunk)
-        result.nodes += parent.size
-        result.levels.append((parent.astype(np.int32), token.astype(np.int32)))
-        logp = child_logp[parent, token]
-        state = child_state[parent, token] if dfa is not None else state[parent]
-    return result
+    policy = Listing(1, lm.vocab_size, lm.eos_id, max_new, min_prob=min_prob, dfa=dfa, keep_pruned=True,
+                     list_all_complete=True)
+    trie.walk(lm, [prompt_P], max_new, policy, chunk=chunk, budget=budget)
+    table = policy.tables(lm.tokenizer, {})[0]
+    inside = contains(pathset, table.tokens, table.lengths, lm.tokenizer)
+    _, tokens, logp = policy.pruned.arrays()
+    return Head(log_in=logsumexp64(table.logp[inside]),
+                log_out=logsumexp64([logsumexp64(table.logp[~inside]), table.stats["log_remaining_dead"]]),
+                tokens=tokens, logp=logp, nodes=int(policy.nodes[0]))
 
 
 def _uniforms(key: jax.Array, n: int) -> np.ndarray:
@@ -164,18 +104,15 @@ def hybrid_mass(
     key, run = Run.start(key)
     prompt_P = encode_prompt(lm, prompt, room=max_new)
     nodes, nbytes = estimate_work(lm, max_new, min_prob=min_prob, max_paths=None, chunk=frontier.bucket(chunk))
-    if nodes > budget.max_nodes or nbytes > budget.max_bytes:
-        raise BudgetExceededError(
-            f"the hybrid head could expand {nodes:.3g} prefixes and hold {nbytes / 2**20:.0f} MiB "
-            f"(budget {budget.max_nodes:.3g}, {budget.max_bytes / 2**20:.0f} MiB); raise min_prob")
-    result = walk(lm, prompt_P, pathset, max_new, min_prob=min_prob, chunk=frontier.bucket(min(chunk, 1024)),
-                  budget=budget)
-    head = math.exp(logsumexp64(result.log_in))
-    frontier_logp = result.items[3]
+    budget.require(f"the hybrid's exact head (prefixes above min_prob {min_prob:g}) needs up to", nodes, nbytes,
+                   "raise min_prob")
+    result = walk_head(lm, prompt_P, pathset, max_new, min_prob=min_prob, chunk=min(chunk, 1024), budget=budget)
+    head = math.exp(result.log_in)
+    frontier_logp = result.logp
     rest = math.exp(logsumexp64(frontier_logp))
     proven = (head, min(head + rest, 1.0))
     details = {"head": head, "remainder": rest, "proven_lower": proven[0], "proven_upper": proven[1],
-               "proven_outside": math.exp(logsumexp64(result.log_out)), "nodes": result.nodes,
+               "proven_outside": math.exp(result.log_out), "nodes": result.nodes,
                "frontier_prefixes": int(frontier_logp.size), "min_prob": min_prob,
                "interval": "Clopper-Pearson on the remainder's fraction in the set, head + remainder · [lower, upper]"}
     if rest == 0.0:
@@ -187,7 +124,7 @@ def hybrid_mass(
 
     def prefixes(index: int, rows: int) -> np.ndarray:  # chunk by chunk: memory stays bounded by the chunk
         u = _uniforms(jax.random.fold_in(pick_key, index), rows)
-        return result.prefixes(np.minimum(np.searchsorted(cdf, u, side="right"), cdf.size - 1))
+        return result.tokens[np.minimum(np.searchsorted(cdf, u, side="right"), cdf.size - 1)]
 
     def estimate(counts: tuple[int, int]) -> Estimate:
         hits, done = counts

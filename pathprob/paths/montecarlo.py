@@ -31,13 +31,14 @@ import numpy as np
 
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
 from pathprob.paths.diagnostics import Tail
 from pathprob.paths.hybrid import hybrid_mass
 from pathprob.paths.intervals import LogMoments, Moments, clip, clopper_pearson, normal_interval, widen
 from pathprob.paths.proposal import Proposal
 from pathprob.paths.results import Estimate
 from pathprob.paths.running import OnChunk, Run, fold_chunks
-from pathprob.paths.sample import DEFAULT_CHUNK, contains, stream
+from pathprob.paths.samples import contains
 from pathprob.paths.sets import PathSet, as_path_set
 from pathprob.paths.smc import smc_mass
 from pathprob.paths.swor import log_num_paths, swor_entropy, swor_mass

@@ -19,7 +19,7 @@ import jax
 
 from pathprob.paths.diagnostics import verdict
 from pathprob.paths.results import Estimate
-from pathprob.paths.sample import as_key
+from pathprob.paths.samples import as_key
 
 OnChunk = Callable[[int, int, Estimate], None]
 

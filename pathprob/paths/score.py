@@ -1,34 +1,54 @@
-"""Teacher-forced scoring of given continuations, through the protocol only, in chunks that fit the budget."""
+"""Scoring given continuations: the ``Scoring`` policy of the trie walk, each distinct prefix evaluated once.
+
+The continuations of each prompt form a trie; walking it costs one model evaluation
+per distinct proper prefix (teacher-forcing every path would evaluate a shared prefix
+once per path), in the walk's power-of-two chunks. Per-token log-probabilities are
+float32 from the model, summed per path on the host in float64. The paths are walked
+in groups whose widest level fits the budget (sorted, so that a group's paths share
+prefixes); the number of evaluations is at most paths × tokens.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pathprob.errors import BadPromptError
-from pathprob.models.base import LanguageModel, encode_prompt, repeat_paths, token_ids
+from pathprob.models.base import LanguageModel, encode_prompt, token_ids
 from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
+from pathprob.paths.trie import DEFAULT_CHUNK, Level, level_bytes, walk
 
-SCORE_ROWS = 1024  # most continuations per teacher-forced chunk (a power of two: few compiled shapes)
 
+class Scoring:
+    """The policy that expands exactly the proper prefixes of given paths and sums their log-probabilities.
 
-@functools.partial(jax.jit, static_argnames=("capacity",))
-def _token_logprobs(lm: LanguageModel, prompt_P: jax.Array, tokens_NL: jax.Array, capacity: int) -> jax.Array:
-    """float32[N, L]: log p(token_t | prompt, tokens_<t) for every position (padding included)."""
-    state = repeat_paths(lm.start(prompt_P, capacity), tokens_NL.shape[0])
+    ``root`` int[M] is each path's prompt, ``tokens`` int32[M, L] its tokens (-1 after its
+    ``lengths``); ``logp`` float64[M] holds the scores once the walk is over. ``next_logp``
+    (optional) receives, for each path and position, the next-token log-probabilities the
+    model gave before that token: the caller passes a function of (path index, position,
+    float64[V]) when it needs them (e.g. per-step divergences).
+    """
 
-    def step(state, tokens_N):
-        tokens_N = jnp.maximum(tokens_N, 0)  # padding: any valid id, its score is dropped on the host
-        logprob_N = jnp.take_along_axis(lm.next_logprobs(state), tokens_N[:, None], axis=1)[:, 0]
-        return lm.advance(state, tokens_N), logprob_N
+    def __init__(self, root: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, on_step=None):
+        self.tokens, self.lengths = tokens, lengths
+        self.node = np.asarray(root, np.int64).copy()  # each path's prefix node at the current level
+        self.logp = np.zeros(tokens.shape[0], np.float64)
+        self.on_step = on_step
 
-    _, logprobs_LN = jax.lax.scan(step, state, tokens_NL.T)
-    return logprobs_LN.T
+    def visit(self, level: Level) -> tuple[np.ndarray, np.ndarray]:
+        d = level.depth
+        at = np.nonzero(self.lengths > d)[0]
+        self.logp[at] += level.next_logp[self.node[at], self.tokens[at, d]]
+        if self.on_step is not None:
+            self.on_step(at, d, level.next_logp[self.node[at]])
+        go = at[self.lengths[at] > d + 1]
+        pairs, inverse = np.unique(np.stack([self.node[go], self.tokens[go, d]], axis=1), axis=0, return_inverse=True)
+        self.node = np.full(self.node.shape, -1, np.int64)
+        self.node[go] = inverse.reshape(-1)
+        return pairs[:, 0], pairs[:, 1]
 
 
 def encode_continuations(lm: LanguageModel, continuations) -> np.ndarray:
@@ -68,31 +88,54 @@ def _check_padded(lm: LanguageModel, tokens_NL: np.ndarray) -> np.ndarray:
     return tokens_NL.astype(np.int32)
 
 
-def _row_bytes(lm: LanguageModel, capacity: int) -> int:
-    """Bytes per continuation in a chunk: its path state three times (carry in, out and the gathered
-    copy), next-token log-probs twice, and its tokens and per-token log-probs."""
-    return 3 * frontier.path_state_bytes(lm, capacity) + 2 * 4 * lm.vocab_size + 8 * capacity
-
-
-def _chunk_rows(lm: LanguageModel, n_paths: int, capacity: int, budget: Budget) -> int:
-    """Rows per chunk: a power of two, at most ``SCORE_ROWS`` and ``n_paths``, whose memory fits ``budget``;
-    one row when even that does not fit (the caller's check then refuses)."""
-    fit = max(budget.max_bytes // _row_bytes(lm, capacity), 1)
-    return min(frontier.bucket(n_paths), SCORE_ROWS, 1 << (fit.bit_length() - 1))
+def group_rows(lm: LanguageModel, length: int, budget: Budget, chunk: int = DEFAULT_CHUNK) -> int:
+    """Most paths of up to ``length`` tokens walked together: a power of two whose widest level fits ``budget``
+    (at least 1: a caller's budget check refuses what even one path does not fit)."""
+    per_path = frontier.path_state_bytes(lm, max(length, 1))
+    rows = 1
+    while rows < 1 << 40 and level_bytes(2 * rows, lm.vocab_size, per_path, chunk) <= budget.max_bytes:
+        rows *= 2
+    return rows
 
 
 def scoring_cost(lm: LanguageModel, n_paths: float, length: int,
                  budget: Budget = DEFAULT_BUDGET) -> tuple[float, float]:
-    """(model evaluations, bytes held at once) for ``score`` on ``n_paths`` continuations of up to ``length`` tokens.
+    """(model evaluations, bytes held at once) bounds for ``score`` on ``n_paths`` paths of up to ``length`` tokens.
 
-    Would it fit: ``budget.allows(*scoring_cost(lm, n_paths, length, budget))``. Every
-    continuation is teacher-forced over the padded width, one evaluation per token; the
-    bytes are those of one chunk (sized to the budget) plus the float64[n_paths] result.
-    ``n_paths`` may be a float bound (``inf`` included).
+    Would it fit: ``budget.allows(*scoring_cost(lm, n_paths, length, budget))``. Each path
+    costs at most one evaluation per token (fewer when paths share prefixes); the bytes
+    are those of one group's widest level plus the float64[n_paths] result. ``n_paths``
+    may be a float bound (``inf`` included).
     """
-    capacity = frontier.bucket(max(int(length), 1))
-    rows = _chunk_rows(lm, int(min(n_paths, SCORE_ROWS)), capacity, budget)
-    return n_paths * capacity, rows * _row_bytes(lm, capacity) + 8 * n_paths
+    rows = min(group_rows(lm, length, budget), frontier.bucket(int(min(n_paths, 1 << 40))))
+    per_path = frontier.path_state_bytes(lm, max(length, 1))
+    return n_paths * length, level_bytes(rows, lm.vocab_size, per_path, DEFAULT_CHUNK) + 8 * n_paths
+
+
+def score_paths(lm: LanguageModel, prompts: Sequence[np.ndarray], root: np.ndarray, tokens: np.ndarray, *,
+                chunk: int = DEFAULT_CHUNK, budget: Budget = DEFAULT_BUDGET, prompt_width: int | None = None,
+                on_step=None) -> np.ndarray:
+    """float64[M]: log P(tokens[i] | prompts[root[i]]) for encoded paths (int32[M, L], -1 padded).
+
+    One walk per group of ``group_rows`` paths (all of them, usually); ``on_step(index, depth,
+    next_logp)`` receives, for the paths ``index`` that have a token at ``depth``, the model's
+    next-token log-probabilities before it.
+    """
+    root = np.asarray(root, np.int64)
+    lengths = (tokens >= 0).sum(axis=1)
+    logp = np.zeros(tokens.shape[0], np.float64)
+    if tokens.shape[0] == 0 or lengths.max() == 0:
+        return logp
+    length = int(lengths.max())
+    rows = group_rows(lm, length, budget, chunk)
+    order = np.lexsort((*tokens[:, ::-1].T, root)) if tokens.shape[0] > rows else np.arange(tokens.shape[0])
+    for lo in range(0, order.size, rows):
+        index = order[lo : lo + rows]
+        step = None if on_step is None else (lambda at, d, next_logp, index=index: on_step(index[at], d, next_logp))
+        policy = Scoring(root[index], tokens[index], lengths[index], step)
+        walk(lm, prompts, int(lengths[index].max()), policy, chunk=chunk, budget=budget, prompt_width=prompt_width)
+        logp[index] = policy.logp
+    return logp
 
 
 def score(lm: LanguageModel, prompt: str | Sequence[int], continuations, *,
@@ -100,34 +143,16 @@ def score(lm: LanguageModel, prompt: str | Sequence[int], continuations, *,
     """float64[N]: log P(continuation | prompt) for each continuation.
 
     Continuations are strings (encoded without BOS) or token-id sequences, of any
-    lengths, or an int[N, L] array padded with -1; each is scored token by token
-    through ``start``/``advance`` in chunks whose memory fits ``budget`` (refused when
-    not even one continuation fits), and the per-token log-probabilities are summed
-    on the host in float64.
+    lengths, or an int[N, L] array padded with -1 (e.g. a ``PathTable``'s ``tokens``);
+    they are scored by walking their trie (``Scoring``), refused up front when the
+    walk does not fit ``budget``.
     """
     tokens_NL = encode_continuations(lm, continuations)
-    n, width = tokens_NL.shape
+    n = tokens_NL.shape[0]
     if n == 0:
         return np.zeros((0,), np.float64)
-    prompt_P = encode_prompt(lm, prompt, room=width)
-    # Power-of-two shapes: a handful of compiled programs serve every call.
-    capacity = min(frontier.bucket(width), lm.max_len - len(prompt_P))
-    rows = _chunk_rows(lm, n, capacity, budget)
-    budget.require(f"scoring {n:,} continuations of up to {width} tokens needs", n * capacity,
-                   rows * _row_bytes(lm, capacity) + 8 * n, "score fewer or shorter continuations at once")
-    prompt_P = jnp.asarray(prompt_P)
-    logp = np.empty(n, np.float64)
-
-    def launch(lo: int) -> jax.Array:
-        padded = np.full((rows, capacity), -1, np.int32)
-        part = tokens_NL[lo : lo + rows]
-        padded[: part.shape[0], :width] = part
-        return _token_logprobs(lm, prompt_P, jnp.asarray(padded), capacity)
-
-    pending = launch(0)
-    for lo in range(0, n, rows):
-        out, pending = pending, (launch(lo + rows) if lo + rows < n else None)  # keep the device busy
-        part = tokens_NL[lo : lo + rows]
-        logprobs = np.asarray(out, np.float64)[: part.shape[0], :width]
-        logp[lo : lo + part.shape[0]] = np.where(part >= 0, logprobs, 0.0).sum(axis=1)
-    return logp
+    length = int((tokens_NL >= 0).sum(axis=1).max())
+    prompt_P = encode_prompt(lm, prompt, room=length)
+    budget.require(f"scoring {n:,} continuations of up to {length} tokens needs", *scoring_cost(lm, n, length, budget),
+                   "score fewer or shorter continuations at once")
+    return score_paths(lm, [prompt_P], np.zeros(n, np.int64), tokens_NL, budget=budget)

@@ -48,6 +48,14 @@ class TokenDFA:
                 return live
             live = grown
 
+    def reach(self, max_new: int, eos: int) -> np.ndarray:
+        """bool[max_new + 1, S]: whether a path in each state, with k tokens left, can still end accepted.
+
+        It ends accepted at EOS (which moves to ``transitions[s, eos]``) or after its last token
+        in an accepting state. Tighter than ``live``, which ignores the length limit.
+        """
+        return _reach(self, max_new, eos)
+
     @property
     def n_states(self) -> int:
         return int(self.transitions.shape[0])
@@ -61,6 +69,18 @@ class TokenDFA:
 
     def accepts(self, tokens_NL: np.ndarray) -> np.ndarray:
         return self.accepting[self.final_states(tokens_NL)]
+
+
+@functools.lru_cache(maxsize=64)
+def _reach(dfa: TokenDFA, max_new: int, eos: int) -> np.ndarray:
+    ends_now = dfa.accepting[dfa.transitions[:, eos]]
+    non_eos = np.delete(dfa.transitions, eos, axis=1)
+    rows = [dfa.accepting.copy()]
+    for _ in range(max_new):
+        rows.append(ends_now | rows[-1][non_eos].any(axis=1))
+    table = np.stack(rows)
+    table.flags.writeable = False  # cached and shared: never modified in place
+    return table
 
 
 class PathSet:

@@ -37,11 +37,11 @@ import numpy as np
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, State, encode_prompt, repeat_paths, take_paths
 from pathprob.paths import frontier
+from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
 from pathprob.paths.intervals import LogMoments, betting_interval, widen
 from pathprob.paths.proposal import Guide, Proposal, allowed_tokens, inverse_cdf, make_guide, restrict
 from pathprob.paths.results import Estimate, logsumexp64
 from pathprob.paths.running import OnChunk, Run, fold_chunks
-from pathprob.paths.sample import DEFAULT_CHUNK, stream
 from pathprob.paths.sets import PathSet
 
 MIN_REPLICATES = 8
@@ -131,7 +131,7 @@ def smc_mass(
         raise PathprobError(f"smc with resampling needs n >= 2, got {n!r}")
     key, run = Run.start(key)
     prompt_P = encode_prompt(lm, prompt, room=max_new)
-    root, logprobs_1V = frontier.start(lm, jnp.asarray(prompt_P), max_new)
+    root, logprobs_1V = frontier.start(lm, [prompt_P], max_new)
     guide = make_guide(dfa, max_new, lm.eos_id)
     log_bound = float(_log_first_mass(logprobs_1V, guide, max_new=max_new, eos=lm.eos_id))
     if resample is None:

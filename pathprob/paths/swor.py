@@ -46,7 +46,7 @@ from pathprob.paths import frontier
 from pathprob.paths.intervals import clip, widen, z_quantile
 from pathprob.paths.results import Estimate
 from pathprob.paths.running import Run
-from pathprob.paths.sample import as_key, contains
+from pathprob.paths.samples import as_key, contains
 from pathprob.paths.sets import PathSet
 
 
@@ -130,7 +130,7 @@ def sample_distinct(lm: LanguageModel, prompt: str | Sequence[int], k: int, max_
     check_max_new(max_new)
     key, _, _ = as_key(key)
     prompt_P = encode_prompt(lm, prompt, room=max_new)
-    root = frontier.start(lm, jnp.asarray(prompt_P), max_new)[0]
+    root = frontier.start(lm, [prompt_P], max_new)[0]
     out = jax.device_get(_beam_search(lm, root, key, beam=frontier.bucket(k + 1), max_new=max_new))
     found = int(np.sum(out["g"] > -np.inf))
     kept = min(k, found)
