@@ -22,7 +22,7 @@ from rich.table import Table
 
 import pathprob as pp
 from pathprob import report as sections
-from pathprob.analysis.compare import format_estimate
+from pathprob.paths.results import format_estimate
 from pathprob.errors import CheckpointError
 
 NARROWING_SHOTS = (0, 1, 2, 4, 8)
@@ -178,13 +178,14 @@ def _arith_answers(page, lm, language) -> list[dict]:
 
 
 def _print_narrowing(console, curve) -> None:
+    measures = curve.measures
     out = Table("examples", "H model (nats)", "H truth (nats)", "P(true concept)",
-                title=f"In-context narrowing: entropy of the next example, mean of {curve.n_prompts} prompts "
-                      f"[{100 * curve.level:g}% interval]", title_justify="left")
+                title=f"In-context narrowing: entropy of the next example, mean of {curve.n_prompts} prompts; "
+                      f"intervals: {curve.interval}", title_justify="left")
     for i, k in enumerate(curve.k):
-        out.add_row(str(int(k)), f"{curve.model_mean[i]:.3f} [{curve.model_lower[i]:.3f}, {curve.model_upper[i]:.3f}]",
-                    f"{curve.truth_mean[i]:.3f} [{curve.truth_lower[i]:.3f}, {curve.truth_upper[i]:.3f}]",
-                    f"{curve.posterior_mean[i]:.3f}")
+        model = measures["model"]["entropy"].format(i, 4) if "model" in measures else "n/a"
+        out.add_row(str(int(k)), model, measures["truth"]["entropy"].format(i, 4),
+                    measures["truth"]["posterior"].format(i, 3))
     console.print(out)
 
 

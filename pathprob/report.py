@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import functools
 import html
-import json
 import math
 import platform
 import shlex
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pathprob import loading
-from pathprob.analysis.compare import LEVELS, compare, format_count, format_estimate
+from pathprob.analysis.compare import LEVELS, compare, format_count
 from pathprob.analysis.convergence import convergence
 from pathprob.analysis.dynamics import NoProbesError, training_dynamics
 from pathprob.analysis.narrowing import narrowing_curve
@@ -30,9 +29,11 @@ from pathprob.data.languages import get_language
 from pathprob.errors import BudgetExceededError, UnknownSpecError
 from pathprob.files import write_atomic
 from pathprob.paths.enumerate import enumerate_paths
+from pathprob.paths.results import NO_VALUE, format_estimate, format_interval
 from pathprob.paths.sets import Regex
 from pathprob.plots import paths as figures
 from pathprob.plots.training import plot_dynamics
+from pathprob.rundir import read_metrics
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -141,8 +142,10 @@ def _copy_beside(png: Path, out_dir: Path) -> None:
 
 
 def _cell(value) -> tuple[str, str]:
-    """(HTML class, escaped text) of a table cell."""
-    if isinstance(value, bool) or value is None:
+    """(HTML class, escaped text) of a table cell; None (no value) is shown as ``NO_VALUE``."""
+    if value is None:
+        return "", NO_VALUE
+    if isinstance(value, bool):
         return "", html.escape(str(value))
     if isinstance(value, int):
         return "num", f"{value:,}"
@@ -193,7 +196,8 @@ class Sizes:
 
 
 FULL = Sizes()
-FAST = Sizes(top=8, min_prob=1e-3, methods=("mc", "smc", "swor"), ns=(64, 256), n_prompts=2)
+# Fast: three sample sizes, the fewest for a convergence figure (swor compiles once per n: ~4 s each).
+FAST = Sizes(top=8, min_prob=1e-3, methods=("mc", "smc", "swor"), ns=(64, 128, 256), n_prompts=2)
 
 
 def build_report(target: str | Path, out_dir: str | Path, *, fast: bool = False) -> Path:
@@ -306,7 +310,8 @@ def _or_dash(value):
 def convergence_section(report: Report, lm, language, prompt: str, max_new: int, out_dir: Path,
                         sizes: Sizes) -> dict | None:
     """Each Monte-Carlo method at growing n against the exact mass of a named set; returns the figure's data
-    (with ``set`` and ``pattern``), or None when the language names no set."""
+    (with ``set`` and ``pattern``), or None when the language names no set. The figure needs
+    ``figures.MIN_SAMPLE_SIZES`` sample sizes; with fewer the table stands alone and the text says why."""
     names = [name for name in language.path_set_names if name != "any"]
     if not names:
         return None
@@ -321,12 +326,19 @@ def convergence_section(report: Report, lm, language, prompt: str, max_new: int,
     report.add_text(f"P(set {names[0]!r} = {pattern!r}) after {prompt!r}: the exact value "
                     f"{data['exact']['value']:.6g} and each Monte-Carlo method's estimate with its "
                     f"{100 * data['level']:g}% interval, at each sample size (independent random keys).")
-    rows = [[method, n, value, lower, upper, seconds]
+    rows = [[method, n, value, format_interval(lower, upper), seconds]
             for method, s in data["series"].items()
             for n, value, lower, upper, seconds in zip(s["n"], s["value"], s["lower"], s["upper"], s["seconds"])]
-    report.add_table(["method", "n", "estimate", "lower", "upper", "seconds"], rows)
-    png = figures.convergence(data, out_dir / "convergence.png")
-    report.add_figure(png, f"Estimates of P({names[0]!r}) against the number of samples; the line is the exact value.")
+    report.add_table(["method", "n", "estimate", "interval", "seconds"], rows)
+    ns = sorted(set(sizes.ns))
+    if len(ns) < figures.MIN_SAMPLE_SIZES:
+        report.add_text(f"No convergence figure: {len(ns)} sample size{'s' if len(ns) > 1 else ''} "
+                        f"({', '.join(map(str, ns))}) in this mode, and a trend needs at least "
+                        f"{figures.MIN_SAMPLE_SIZES}.")
+    else:
+        png = figures.convergence(data, out_dir / "convergence.png")
+        report.add_figure(png, f"Estimates of P({names[0]!r}) against the number of samples; the line is the exact "
+                               "value.")
     return data | {"set": names[0], "pattern": pattern}
 
 
@@ -336,14 +348,16 @@ def comparison_section(report: Report, lm, label: str, prompts: dict, max_new: i
     result = compare(lm, list(prompts.values()), max_new, truth=truth, min_prob=sizes.min_prob, key=sizes.seed,
                      n=max(sizes.ns))
     report.add_heading("Comparison across prompts")
-    report.add_text("Path entropy H (nats) with its bounds or interval, the effective number of paths exp(H), and "
-                    "how many paths carry 50/90/99% of the mass ('>=': a lower bound, the listing stops at the "
-                    "enumeration floor).")
+    report.add_text("Path entropy H (nats) with its proven bounds ('bounded') or its interval, the effective number "
+                    "of paths exp(H), and how many paths carry 50/90/99% of the mass ('>n': more than n, a lower bound "
+                    "where the listing stops at the enumeration floor).")
 
     def rows_of(stats, who: str) -> list:
-        return [[f"{k} examples", who, row.method, format_estimate(row.entropy), row.effective_paths[0],
+        return [[f"{k} examples", who, row.method, format_estimate(row.entropy),
+                 format_estimate(dataclasses.replace(row.entropy, value=row.effective_paths[0],
+                                                   lower=row.effective_paths[1], upper=row.effective_paths[2])),
                  *[format_count(row.coverage[str(level)]) for level in LEVELS],
-                 f"{row.top[0][0]!r} ({row.top[0][1]:.3g})" if row.top else "-"]
+                 f"{row.top[0][0]!r} ({row.top[0][1]:.3g})" if row.top else NO_VALUE]
                 for k, row in zip(shots, stats)]
 
     rows = rows_of(result.rows, label) + rows_of(result.truth_rows or [], "truth")
@@ -353,7 +367,7 @@ def comparison_section(report: Report, lm, label: str, prompts: dict, max_new: i
                          [[f"{k} examples", format_estimate(est)] for k, est in zip(shots, result.kl_truth_model)])
     pair_rows = [[f"{shots[pair.a]} -> {shots[pair.b]} examples", format_estimate(pair.js), format_estimate(pair.kl_ab),
                   format_estimate(pair.kl_ba),
-                  *[("-" if est is None else format_estimate(est)) for est in pair.narrowing.values()]]
+                  *[(NO_VALUE if est is None else format_estimate(est)) for est in pair.narrowing.values()]]
                  for pair in result.pairs]
     if result.pairs:
         levels = [f"P_b(top {p} of a)" for p in result.pairs[0].narrowing]
@@ -364,37 +378,87 @@ def comparison_section(report: Report, lm, label: str, prompts: dict, max_new: i
 
 def narrowing_section(report: Report, lm, language, max_new: int, truth, out_dir: Path, sizes: Sizes,
                       shots: Sequence[int] = SHOTS):
-    """Entropy vs number of examples, model vs truth, and the truth's posterior (``pathprob.analysis.narrowing``);
-    returns the ``NarrowingCurve`` (None for a language without latent concepts)."""
+    """Entropy, supports and the truth's posterior vs number of examples, model vs truth
+    (``pathprob.analysis.narrowing``); returns the ``NarrowingCurve`` (None for a language without latent concepts)."""
     if not hasattr(language, "sample_concepts"):  # narrowing needs a latent concept to be right about
         return None
     curve = narrowing_curve(None if truth is None else lm, language, shots, sizes.n_prompts, max_new, sizes.seed,
                             truth, min_prob=sizes.min_prob)
-    data = curve.to_dict()
+    measures = curve.measures
     report.add_heading("In-context narrowing")
-    report.add_text(f"Mean over {curve.n_prompts} prompts per number of examples, with {100 * curve.level:g}% "
-                    "intervals; the lower panel is the truth's posterior probability of the concept that "
-                    "generated the prompt.")
-    who = (["model"] if curve.model_mean is not None else []) + ["truth"]
-    rows = [[int(k), *[f"{data[f'{w}_mean'][i]:.4f} [{data[f'{w}_lower'][i]:.4f}, {data[f'{w}_upper'][i]:.4f}]"
-                       for w in who], data["posterior_mean"][i]] for i, k in enumerate(data["k"])]
+    report.add_text(f"Mean over {curve.n_prompts} prompts per number of examples. Intervals: {curve.interval}. "
+                    "'bounded' gives the proven range of the mean (the enumeration was pruned), not a midpoint; "
+                    "'mc' marks Monte-Carlo estimates. The lower panel is the truth's posterior probability of the "
+                    "concept that generated the prompt.")
+    who = [w for w in ("model", "truth") if w in measures]
+    rows = [[int(k), *[_point_text(measures[w]["entropy"], i) for w in who],
+             _point_text(measures["truth"]["posterior"], i)] for i, k in enumerate(curve.k)]
     report.add_table(["examples", *[f"H {w} (nats)" for w in who], "P(true concept)"], rows)
-    png = figures.narrowing_curve(data, out_dir / "narrowing.png")
-    report.add_figure(png, "Entropy of the next example against the number of in-context examples, and the "
-                           "truth's posterior probability of the true concept.")
+    report.add_text(_support_sentence(curve))
+    rows = []
+    for i, k in enumerate(curve.k):
+        previous = f"_of_k{curve.k[i - 1]}" if i else None
+        for w in who:
+            m = measures[w]
+            outside = m.get("outside_truth") if w == "model" else m.get(f"outside_support{previous}")
+            inside = m.get(f"in_top90{previous}") if previous else None
+            measured = [m.get(name) for name in ("support", "effective_paths", "top_0.9")] + [inside, outside]
+            rows.append([int(k), w, *[NO_VALUE if x is None else _point_text(x, i) for x in measured]])
+    report.add_table(["examples", "distribution", "support (p > 0)", "exp(H)", "paths holding 90%",
+                      "mass on the previous top-90% set", "mass outside the (previous) support"], rows,
+                     caption=f"{curve.n_paths:,} paths are possible. Outside: the truth's mass outside its own "
+                             "support at the previous number of examples; the model's mass where the truth has "
+                             "probability 0.")
+    png = figures.narrowing_curve(curve.to_dict(), out_dir / "narrowing.png")
+    report.add_figure(png, "Entropy of the next example, how many paths hold 90% of its mass (and the truth's "
+                           "support), and the truth's posterior probability of the true concept, against the "
+                           "number of in-context examples.")
     return curve
+
+
+def _point_text(measure, i: int) -> str:
+    """Point ``i`` of a narrowing ``Measure``: its value, or ``bounded [low, high]`` (the proven range of the mean,
+    no midpoint), then its interval over prompts when there is one; ``n/a`` where it was not measured."""
+    method = measure.method[i]
+    if method == "n/a":
+        return "n/a"
+    low, high = (bound[i] for bound in measure.proven)
+    text = f"bounded {format_interval(low, high, 4)}" if method == "bounded" else f"{measure.mean[i]:.4g}"
+    if not math.isnan(measure.lower[i]):
+        text += f", interval {format_interval(measure.lower[i], measure.upper[i], 4)}"
+    return text + (" (mc)" if method == "mc" else "")
+
+
+def _support_sentence(curve) -> str:
+    """Whether the truth's support shrinks between the fewest and the most examples, by proven ranges."""
+    support = curve.measures["truth"].get("support")
+    measured = [] if support is None else [i for i, method in enumerate(support.method) if method != "n/a"]
+    if len(measured) < 2:
+        return "The truth's support was not measured (Monte Carlo): no claim about paths becoming impossible."
+    low, high = support.proven
+    first, last = measured[0], measured[-1]
+    sizes = lambda i: f"{low[i]:.6g}" if low[i] == high[i] else f"[{low[i]:.6g}, {high[i]:.6g}]"
+    facts = f"{sizes(first)} paths at {int(curve.k[first])} examples, {sizes(last)} at {int(curve.k[last])}"
+    if high[last] < low[first]:
+        return (f"The truth's support shrinks ({facts}; means over prompts): examples rule paths out. A softmax "
+                "model gives every path p > 0, so for it narrowing can only be the mass concentrating.")
+    verdict = "does not shrink" if low[first] == high[first] == low[last] == high[last] else "is not proven to shrink"
+    return (f"The truth's support {verdict} ({facts}): here narrowing means the mass concentrating on fewer "
+            "paths (exp(H) and the 90% set), not paths becoming impossible.")
 
 
 def training_section(report: Report, run_dir: Path, out_dir: Path, name: str = "dynamics"):
     """The run's metrics, and the training-dynamics panel (``pathprob.analysis.dynamics``) when it has probes,
     written as ``out_dir/name.png``; returns the ``Dynamics`` (None without probes)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     report.add_heading(f"Training: {run_dir}")
     steps = [r for r in records if "loss" in r]
     if steps:
         keys = [k for k in ("step", "loss", "eval_loss", "truth_eval_loss", "tokens_per_s") if k in steps[-1]]
         chosen = [steps[0], steps[len(steps) // 2], steps[-1]] if len(steps) > 2 else steps
-        report.add_table(keys, [[r.get(k) for k in keys] for r in chosen], caption=f"{len(steps)} logged steps")
+        report.add_table(keys, [[r.get(k) for k in keys] for r in chosen],
+                         caption=f"{len(steps)} logged steps ('{NO_VALUE}': not measured at that step, e.g. the "
+                                 "eval loss before the first evaluation)")
     try:
         dynamics = training_dynamics(run_dir)
     except NoProbesError as exc:

@@ -48,7 +48,7 @@ from pathprob.paths.divergence import kl
 from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, check_budget, enumerate_many
 from pathprob.paths.intervals import Moments, clip, normal_interval
 from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
-from pathprob.paths.results import Estimate, PathTable
+from pathprob.paths.results import Estimate, PathTable, format_estimate
 from pathprob.paths.sample import sample
 from pathprob.paths.samples import as_key, check_compatible
 from pathprob.paths.sets import PathSet, as_path_set
@@ -166,17 +166,6 @@ class Comparison:
             lines.append(f"  {i:>2} KL(truth || model) {format_estimate(est)}" + (
                 "" if outside is None else f", P_model(outside the truth's support) {format_estimate(outside)}"))
         return "\n".join(lines)
-
-
-def format_estimate(est: Estimate) -> str:
-    """``value`` alone only when ``est.exact`` (a proof), else ``value [lower, upper]``.
-
-    Equal bounds that are not a proof (a degenerate interval) are still shown as bounds; an
-    estimate its diagnostics distrust is marked ``(unreliable)`` (its ``reason`` says why).
-    """
-    if est.exact:
-        return f"{est.value:.6g}"
-    return f"{est.value:.4g} [{est.lower:.4g}, {est.upper:.4g}]" + ("" if est.reliable else " (unreliable)")
 
 
 def format_count(entry: dict) -> str:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 import pathprob as pp
-from pathprob.analysis.compare import format_estimate
+from pathprob.paths.results import format_estimate
 from pathprob.cli.common import (
     JsonOut,
     MaxNew,

@@ -11,6 +11,33 @@ from pathprob.data.tokenizer import Tokenizer
 from pathprob.files import dumps, jsonable
 
 
+NO_VALUE = "—"  # a table cell with no value (None): not measured, not zero
+
+
+def format_interval(lower: float | None, upper: float | None, digits: int = 6) -> str:
+    """``[lower, upper]`` with ``digits`` significant digits, or more where fewer would print unequal bounds as
+    equal (a random estimate's interval never reads as zero-width); None or NaN as ``NO_VALUE``."""
+    if lower is None or upper is None or math.isnan(lower) or math.isnan(upper):
+        return NO_VALUE
+    for d in range(digits, 18):
+        low, high = f"{lower:.{d}g}", f"{upper:.{d}g}"
+        if low != high or lower == upper:
+            break
+    return f"[{low}, {high}]"
+
+
+def format_estimate(est) -> str:
+    """An ``Estimate`` in a table cell: the value when it is proven (exact, or bounds that meet); ``bounded
+    [lower, upper]`` for proven bounds (no midpoint: it can be far from the truth); ``value [lower, upper]``
+    for a confidence interval, never printed zero-width (``format_interval``), marked when its diagnostics
+    distrust it."""
+    if est.exact or (est.level is None and est.lower == est.upper):
+        return f"{est.value:.6g}"
+    if est.level is None:
+        return f"bounded {format_interval(est.lower, est.upper, 4)}"
+    return f"{est.value:.4g} {format_interval(est.lower, est.upper, 4)}" + ("" if est.reliable else " (unreliable)")
+
+
 def log1mexp(log_x: float) -> float:
     """log(1 - exp(log_x)) for log_x <= 0, accurate near both ends."""
     if log_x >= 0.0:

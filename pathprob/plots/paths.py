@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pathprob.analysis.narrowing import MIN_PROMPTS
 from pathprob.paths.results import PathTable
 from pathprob.plots import style
 
@@ -166,57 +167,144 @@ def coverage_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, 
 
 # --- narrowing -------------------------------------------------------------------------------------
 
-NARROWING_KEYS = ("k", "model_mean", "model_lower", "model_upper", "truth_mean", "truth_lower", "truth_upper",
-                  "posterior_mean")
+# (panel, [(who, measure name, label, line style)], y label, log y): what the narrowing figure draws, top to bottom.
+NARROWING_PANELS = (
+    ("entropy", [("model", "entropy", "model", "-"), ("truth", "entropy", "truth", "-")],
+     "entropy of the next\nexample (nats)", False),
+    ("top_0.9", [("model", "top_0.9", "model: paths holding 90%", "-"),
+                 ("truth", "top_0.9", "truth: paths holding 90%", "-"),
+                 ("truth", "support", "truth: support (p > 0)", "--")],
+     "number of paths", True),
+    ("posterior", [("truth", "posterior", "truth", "-")], "posterior of the\ntrue concept", False),
+)
+NARROWING_STYLE = {"model": ("tab:blue", "o"), "truth": ("tab:green", "s")}
+
+
+def measure_geometry(k: Sequence[float], measure: Mapping) -> dict:
+    """What the narrowing figure draws for one measure (``Measure.to_dict()`` of ``analysis/narrowing.py``).
+
+    Lists over the measured k (method not "n/a"), so every drawn number holds:
+    ``points`` (k, value) where the value is exact or a Monte-Carlo estimate (a marker);
+    ``ranges`` (k, lower, upper) where it is only bounded: the proven range of the mean over
+    prompts, drawn as a bar with no midpoint; ``band`` (k, lower, upper) only where an
+    interval exists, clipped to ``range``; ``no_interval``: the measured k without one.
+    """
+    low, high = measure["range"]
+    band, points, ranges, no_interval = [], [], [], []
+    for i, x in enumerate(k):
+        method = measure["method"][i]
+        if method == "n/a":
+            continue
+        lower, upper = _nan(measure["lower"][i]), _nan(measure["upper"][i])
+        if math.isnan(lower) or math.isnan(upper):
+            no_interval.append(x)
+        else:
+            band.append([x, min(max(lower, low), high), min(max(upper, low), high)])
+        if method == "bounded":
+            ranges.append([x, measure["proven_lower"][i], measure["proven_upper"][i]])
+        else:
+            points.append([x, measure["mean"][i], method])
+    return {"band": band, "points": points, "ranges": ranges, "no_interval": no_interval, "range": [low, high]}
 
 
 def narrowing_curve(data: Mapping, path: str | Path, *, title: str | None = None) -> Path:
-    """Entropy of the next example vs the number of in-context examples, model vs truth.
+    """The narrowing curve (``NarrowingCurve.to_dict()``) against the number of in-context examples, three panels.
 
-    ``data`` holds equal-length lists: ``k`` (number of in-context examples),
-    ``model_mean``, ``model_lower``, ``model_upper`` (the model's path entropy in
-    nats, mean over prompts and its interval), ``truth_mean``, ``truth_lower``,
-    ``truth_upper`` (the same for the exact truth) and ``posterior_mean`` (the
-    truth's posterior probability of the prompt's true concept, mean over prompts);
-    optionally ``posterior_lower``/``posterior_upper``. The ``model_*`` lists may be
-    missing (truth only). Other keys are kept in the JSON untouched.
+    Top: the path entropy of the next example, model vs truth; middle (log y): how many
+    paths hold 90% of the mass, and the truth's support; bottom: the truth's posterior of
+    the true concept. Per measure (``measure_geometry``): exact values and Monte-Carlo
+    estimates as markers on a line (hollow for Monte Carlo), bounded values as their proven
+    range, the interval over prompts as a band clipped to the quantity's range, and where
+    there is no interval (fewer than 3 prompts) no band and a note in the title. The JSON
+    holds the data and, per panel, the drawn geometry.
     """
-    missing = [key for key in NARROWING_KEYS if key not in data and not key.startswith("model_")]
-    if missing:
-        raise ValueError(f"narrowing_curve: data lacks {', '.join(missing)}")
-    k = np.asarray(data["k"], np.float64)
-    fig, (ax, ax_post) = style.figure(nrows=2, size=(6.4, 6.0), sharex=True, height_ratios=(2, 1))
-    series = [("truth", "tab:green", "s")] + ([("model", "tab:blue", "o")] if "model_mean" in data else [])
-    for who, color, marker in series:
-        mean = np.asarray(data[f"{who}_mean"], np.float64)
-        lower = np.asarray(data[f"{who}_lower"], np.float64)
-        upper = np.asarray(data[f"{who}_upper"], np.float64)
-        ax.fill_between(k, lower, upper, color=color, alpha=0.2, lw=0)
-        ax.errorbar(k, mean, yerr=[mean - lower, upper - mean], color=color, marker=marker, capsize=3, label=who)
-    ax.set_ylabel("entropy of the next example (nats)")
-    ax.set_title(title or "In-context narrowing: entropy of the continuation paths")
-    ax.legend(fontsize=8)
-    posterior = np.asarray(data["posterior_mean"], np.float64)
-    if "posterior_lower" in data and "posterior_upper" in data:
-        ax_post.fill_between(k, data["posterior_lower"], data["posterior_upper"], color="tab:purple", alpha=0.2, lw=0)
-    ax_post.plot(k, posterior, color="tab:purple", marker="d")
-    ax_post.set_ylim(0, 1.02)
-    ax_post.set_ylabel("posterior of the\ntrue concept (probability)")
-    ax_post.set_xlabel("number of in-context examples")
-    ax_post.set_xticks(k)
-    return style.save(fig, path, {"figure": "narrowing_curve", **{key: _plain(value) for key, value in data.items()}})
+    measures = data.get("measures", {})
+    if "k" not in data or "entropy" not in measures.get("truth", {}) or "posterior" not in measures["truth"]:
+        raise ValueError("narrowing_curve: data needs k and measures (NarrowingCurve.to_dict()) with the truth's "
+                         "entropy and posterior")
+    k = [float(x) for x in data["k"]]
+    fig, axes = style.figure(nrows=len(NARROWING_PANELS), size=(6.4, 8.2), sharex=True, height_ratios=(2, 2, 1))
+    drawn, missing = {}, False
+    for ax, (panel, series, ylabel, log) in zip(axes, NARROWING_PANELS):
+        drawn[panel] = {}
+        for who, name, label, line in series:
+            if name not in measures.get(who, {}):
+                continue
+            geometry = measure_geometry(k, measures[who][name])
+            _draw_measure(ax, geometry, *NARROWING_STYLE[who], label=label, line=line)
+            drawn[panel][f"{who}/{name}"] = geometry
+            missing |= bool(geometry["no_interval"])
+        ax.set_ylabel(ylabel)
+        if not drawn[panel]:
+            ax.text(0.5, 0.5, "not measured (Monte Carlo)", ha="center", va="center", transform=ax.transAxes)
+            ax.set_yticks([])
+            continue
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    axes[-1].set_ylim(0, 1.02)
+    axes[-1].set_xlabel("number of in-context examples")
+    axes[-1].set_xticks(k)
+    n_prompts = data.get("n_prompts")
+    if missing and n_prompts is not None and n_prompts < MIN_PROMPTS:
+        intervals = f"no interval: {n_prompts} prompts, fewer than {MIN_PROMPTS}"
+    elif missing:
+        intervals = "no band: no interval there"
+    else:
+        intervals = f"bands: {100 * data.get('level', 0.95):g}% intervals over {n_prompts} prompts"
+    bars = any(g["ranges"] for panel in drawn.values() for g in panel.values())
+    axes[0].set_title((title or "In-context narrowing of the next example's paths") +
+                      f"\nmean over prompts; {'bars: proven ranges; ' if bars else ''}{intervals}", fontsize=10)
+    return style.save(fig, path, {"figure": "narrowing_curve", "drawn": drawn,
+                                  **{key: _plain(value) for key, value in data.items()}})
+
+
+def _draw_measure(ax, geometry: dict, color: str, marker: str, *, label: str, line: str) -> None:
+    """One measure on ``ax``: the band (where an interval exists), a line through the proven values (both
+    ends of a bounded range), markers on exact and Monte-Carlo points, bars over bounded ranges."""
+    rows = sorted([(x, v, v) for x, v, _ in geometry["points"]] + [tuple(r) for r in geometry["ranges"]])
+    if not rows:
+        return
+    x, lower, upper = (np.asarray(column, np.float64) for column in zip(*rows))
+    if geometry["band"]:  # NaN where a measured k has no interval: the band stops there
+        band = {bx: (blo, bhi) for bx, blo, bhi in geometry["band"]}
+        blo, bhi = (np.array([band.get(bx, (math.nan, math.nan))[j] for bx in x]) for j in (0, 1))
+        ax.fill_between(x, blo, bhi, color=color, alpha=0.18, lw=0)
+    ax.plot(x, lower, line, color=color, lw=1.2, label=label)
+    if np.any(upper > lower):
+        ax.plot(x, upper, line, color=color, lw=1.2)
+    for px, value, method in geometry["points"]:
+        ax.plot(px, value, marker, color=color, ms=5, mfc="white" if method == "mc" else color)
+    if geometry["ranges"]:
+        rx, rlo, rhi = zip(*geometry["ranges"])
+        ax.vlines(rx, rlo, rhi, color=color, lw=4, alpha=0.7)
+
+
+def _nan(x) -> float:
+    """JSON null (no value) as NaN."""
+    return math.nan if x is None else float(x)
 
 
 # --- estimator convergence -------------------------------------------------------------------------
+
+
+MIN_SAMPLE_SIZES = 3  # fewest distinct sample sizes for a convergence figure (fewer show no trend)
 
 
 def convergence(data: Mapping, path: str | Path, *, title: str | None = None) -> Path:
     """Monte-Carlo estimates and their intervals against the number of samples (log x), vs the exact value.
 
     ``data`` (what ``pathprob.analysis.convergence.convergence`` returns):
-    ``exact`` {value, lower, upper}, ``series`` {method: {n, value, lower, upper}}
-    (lists over increasing n), optional ``prompt``, ``pathset``, ``max_new``.
+    ``exact`` {value, lower, upper}, ``series`` {method: {n, requested_n, value, lower, upper}}
+    (lists over increasing n), optional ``prompt``, ``pathset``, ``level``. Needs
+    ``MIN_SAMPLE_SIZES`` distinct requested n (``ValueError`` otherwise: one or two points
+    show no convergence). The x ticks are the requested n; methods are spread by a few
+    percent around them so their bars do not hide each other (swor: at its distinct paths).
     """
+    requested = sorted({n for s in data["series"].values() for n in s.get("requested_n", s["n"])})
+    if len(requested) < MIN_SAMPLE_SIZES:
+        raise ValueError(f"convergence: {len(requested)} sample size(s) {requested}; a convergence figure needs "
+                         f"at least {MIN_SAMPLE_SIZES}")
     fig, ax = style.figure(size=(6.8, 4.4))
     exact = data["exact"]
     ax.axhline(exact["value"], color="black", lw=1.2, label=f"exact {exact['value']:.6g}")
@@ -225,11 +313,13 @@ def convergence(data: Mapping, path: str | Path, *, title: str | None = None) ->
     methods = list(data["series"])
     for i, method in enumerate(methods):
         s = data["series"][method]
-        # Spread the methods a little along x so their bars do not hide each other.
-        n = np.asarray(s["n"], np.float64) * 1.08 ** (i - (len(methods) - 1) / 2)
-        value, lower, upper = (np.asarray(s[key], np.float64) for key in ("value", "lower", "upper"))
+        n = np.asarray(s["n"], np.float64) * 1.06 ** (i - (len(methods) - 1) / 2)
+        value, lower, upper = (np.asarray([math.nan if x is None else x for x in s[key]], np.float64)
+                               for key in ("value", "lower", "upper"))
         ax.errorbar(n, value, yerr=[value - lower, upper - value], marker="o", ms=4, capsize=3, label=method)
     ax.set_xscale("log")
+    ax.set_xticks(requested, [str(n) for n in requested])
+    ax.minorticks_off()
     ax.set_xlabel("samples n (log scale; swor: distinct paths)")
     ax.set_ylabel("P(set) (probability)")
     what = f" of {data['pathset']}" if data.get("pathset") else ""

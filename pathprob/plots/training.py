@@ -43,6 +43,14 @@ def dynamics_figure_data(d: dict) -> dict:
             "series": series}
 
 
+def _mass_floor(series: list) -> float:
+    """The bottom of the log mass axis: a tenth of the smallest positive bound or truth mass (``_TINY`` if none)."""
+    values = [x for s in series for bounds in s["mass"].values() for b in bounds if b is not None for x in b]
+    values += [x for s in series for m in s.get("truth", {}).get("mass", {}).values() if m is not None for x in m]
+    positive = [x for x in values if x > 0]
+    return max(_TINY, 0.1 * min(positive)) if positive else _TINY
+
+
 def plot_dynamics(d: dict, path: str | Path, *, fan_prompt: int = -1) -> Path:
     """Write the 2x2 panel as ``path`` (PNG) and its data as the ``.json`` beside it; returns the PNG path.
 
@@ -58,35 +66,42 @@ def plot_dynamics(d: dict, path: str | Path, *, fan_prompt: int = -1) -> Path:
     colors = [f"C{i % 10}" for i in range(len(data["series"]))]
     max_new = data["max_new"]
 
+    floor = _mass_floor(data["series"])
     any_mass = False
     for i, (s, color) in enumerate(zip(data["series"], colors)):
         for j, (name, bounds) in enumerate(s["mass"].items()):
             if all(b is None for b in bounds):
                 continue
-            lower = np.asarray([np.nan if b is None else max(b[0], _TINY) for b in bounds])
-            upper = np.asarray([np.nan if b is None else max(b[1], _TINY) for b in bounds])
+            lower = np.asarray([np.nan if b is None else b[0] for b in bounds])
+            upper = np.asarray([np.nan if b is None else max(b[1], floor) for b in bounds])
             style_ = ("-", "--", ":")[j % 3]
-            ax_mass.plot(steps, lower, style_, color=color, label=f"{_label(s['prompt'], i)} {name}")
-            ax_mass.fill_between(steps, lower, upper, color=color, alpha=0.15, linewidth=0)
+            # Both proven bounds, no midpoint; a lower bound of 0 has no place on a log axis: the band runs
+            # down to the axis and the lower line stops.
+            ax_mass.plot(steps, np.where(lower > 0, lower, np.nan), style_, color=color,
+                         label=f"{_label(s['prompt'], i)} {name}")
+            ax_mass.plot(steps, upper, style_, color=color, linewidth=0.8)
+            ax_mass.fill_between(steps, np.maximum(lower, floor), upper, color=color, alpha=0.15, linewidth=0)
             truth_mass = s.get("truth", {}).get("mass", {}).get(name)
             if truth_mass is not None:
-                ax_mass.axhline(max(truth_mass[0], _TINY), color=color, linestyle=style_ if j else "--", linewidth=1)
+                ax_mass.axhline(max(truth_mass[0], floor), color=color, linestyle=style_ if j else "--", linewidth=1)
             any_mass = True
-    ax_mass.set_title("mass of the path set (proven bounds; dashed: truth)")
+    ax_mass.set_title("mass of the path set (band: proven bounds; dashed: truth)")
     ax_mass.set_xlabel("training step")
     ax_mass.set_ylabel("probability")
     if any_mass:
         ax_mass.set_yscale("log")
+        ax_mass.set_ylim(bottom=floor)
         ax_mass.legend(fontsize=7)
     else:
         ax_mass.text(0.5, 0.5, "no path set probed", ha="center", va="center", transform=ax_mass.transAxes)
 
-    for i, (s, color) in enumerate(zip(data["series"], colors)):
-        ax_entropy.plot(steps, s["entropy"], color=color, label=_label(s["prompt"], i))
+    for i, (s, color) in enumerate(zip(data["series"], colors)):  # both proven bounds, no midpoint
+        ax_entropy.plot(steps, s["entropy_lower"], color=color, label=_label(s["prompt"], i))
+        ax_entropy.plot(steps, s["entropy_upper"], color=color, linewidth=0.8)
         ax_entropy.fill_between(steps, s["entropy_lower"], s["entropy_upper"], color=color, alpha=0.15, linewidth=0)
         if "truth" in s:
             ax_entropy.axhline(s["truth"]["entropy"], color=color, linestyle="--", linewidth=1)
-    ax_entropy.set_title(f"path entropy ({max_new} tokens; dashed: truth)")
+    ax_entropy.set_title(f"path entropy ({max_new} tokens; band: proven bounds; dashed: truth)")
     ax_entropy.set_xlabel("training step")
     ax_entropy.set_ylabel("entropy (nats)")
     ax_entropy.legend(fontsize=7)
