@@ -1,10 +1,11 @@
-"""Time a 5-point narrowing curve (k = 0, 1, 2, 4, 8) on checkpoints/concepts, model + truth.
+"""Time the enumerations of a 5-point narrowing curve (k = 0, 1, 2, 4, 8) on checkpoints/concepts, model + truth.
 
-Compile vs run: the curve is computed twice in one process; the first call pays
-compilation and running, the second only running (every shape is already
-compiled). Batched vs per-prompt: the same per-prompt entropies through a Python
-loop over ``enumerate_paths`` (one prompt at a time), on ``--loop-prompts``
-prompts per k, timed warm (second pass) and as a time per prompt.
+Batched vs per-prompt: per k and model, ``enumerate_many`` walks all ``--n-prompts``
+prompts at once (every prompt padded to the longest, k = 8); the loop enumerates
+``--loop-prompts`` of the same prompts one at a time with ``enumerate_paths``. Both
+are timed warm (second pass, every shape compiled) as a time per prompt; the ratio
+loop / batched is the speed-up of the batched walk. Then the whole curve
+(``narrowing_curve``, which also measures supports) twice: compile + run, then run.
 
     /work/venv/bin/python scripts/bench_narrow.py [--n-prompts 64] [--loop-prompts 16]
 
@@ -44,35 +45,48 @@ def main() -> None:
     args = parser.parse_args()
     lm, lang = pp.open_model(args.model), pp.get_language("concepts")
     truth = lang.truth()
-    options = dict(key=0, truth=truth, min_prob=args.min_prob, truth_min_prob=args.truth_min_prob)
+    options = {"key": 0, "truth": truth, "min_prob": args.min_prob, "truth_min_prob": args.truth_min_prob}
 
-    t0 = time.perf_counter()
-    curve = narrowing_curve(lm, lang, K, args.n_prompts, **options)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = narrowing_curve(lm, lang, K, args.n_prompts, **options)
-    second = time.perf_counter() - t0
-    assert np.allclose(curve.model_mean, again.model_mean) and np.allclose(curve.truth_mean, again.truth_mean)
-
-    _, prompts = concept_prompts(lang, K, args.loop_prompts, 0)
     max_new = lang.example_len + 1
-    t0 = time.perf_counter()
-    per_prompt_loop(lm, truth, prompts, max_new, args.min_prob, args.truth_min_prob)
-    loop_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    per_prompt_loop(lm, truth, prompts, max_new, args.min_prob, args.truth_min_prob)
-    loop_warm = time.perf_counter() - t0
+    _, prompts = concept_prompts(lang, K, args.n_prompts, 0)
+    width = prompts[K[-1]].shape[1]
 
-    batched_per_prompt = second / (len(K) * args.n_prompts)
-    loop_per_prompt = loop_warm / (len(K) * args.loop_prompts)
-    print(curve)
-    print("| curve | prompts x k | first call (compile + run) s | second call (run) s | compile s (diff) "
-          "| batched run s/prompt | loop run s/prompt | loop first pass s | batched speed-up (run) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| narrowing k=0,1,2,4,8 model+truth (min_prob {args.min_prob:g}/{args.truth_min_prob:g}) "
-          f"| {args.n_prompts} x 5 | {first:.1f} | {second:.1f} | {first - second:.1f} "
-          f"| {batched_per_prompt * 1e3:.1f} ms | {loop_per_prompt * 1e3:.1f} ms ({args.loop_prompts} prompts/k) "
-          f"| {loop_first:.1f} | {loop_per_prompt / batched_per_prompt:.1f}x |")
+    def batched() -> list:
+        return [t for k in K for model, floor in ((lm, args.min_prob), (truth, args.truth_min_prob))
+                for t in pp.enumerate_many(model, [r.tolist() for r in prompts[k]], max_new, min_prob=floor,
+                                           prompt_width=width)]
+
+    loop_prompts = {k: rows[: args.loop_prompts] for k, rows in prompts.items()}
+    timings = {}
+    for name, run in (("batched", batched),
+                      ("loop", lambda: per_prompt_loop(lm, truth, loop_prompts, max_new, args.min_prob,
+                                                       args.truth_min_prob))):
+        t0 = time.perf_counter()
+        run()
+        timings[f"{name}_first"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run()
+        timings[name] = time.perf_counter() - t0
+    per_prompt = {"batched": timings["batched"] / (len(K) * args.n_prompts),
+                  "loop": timings["loop"] / (len(K) * args.loop_prompts)}
+    tables = batched()
+    assert np.allclose([entropy_from_table(t) for t in tables[: args.loop_prompts]],
+                       [entropy_from_table(pp.enumerate_paths(lm, r.tolist(), max_new, min_prob=args.min_prob))
+                        for r in prompts[K[0]][: args.loop_prompts]], atol=1e-6)
+
+    t0 = time.perf_counter()
+    narrowing_curve(lm, lang, K, args.n_prompts, **options)
+    curve_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    narrowing_curve(lm, lang, K, args.n_prompts, **options)
+    curve_second = time.perf_counter() - t0
+    print("| prompts x k | batched first pass s | batched warm s/prompt | loop warm s/prompt "
+          "| batched speed-up (warm) | curve first call s | curve second call s |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.n_prompts} x 5 (model {args.min_prob:g}, truth {args.truth_min_prob:g}) "
+          f"| {timings['batched_first']:.1f} | {per_prompt['batched'] * 1e3:.1f} ms "
+          f"| {per_prompt['loop'] * 1e3:.1f} ms ({args.loop_prompts} prompts/k) "
+          f"| {per_prompt['loop'] / per_prompt['batched']:.2f}x | {curve_first:.1f} | {curve_second:.1f} |")
 
 
 if __name__ == "__main__":

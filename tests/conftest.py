@@ -4,6 +4,10 @@ import tempfile
 
 # Tests run on the CPU, in float32, deterministically.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests compile hundreds of small programs whose run time is negligible: compile them without
+# LLVM's optimisation passes (what XLA computes is the same; the tests' time halves). The
+# benchmarks under scripts/ do not import this file and keep the default.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 # One persistent compilation cache per test session, empty at its start and shared by the
 # xdist workers (they inherit the environment of the process that imports this first), so a

@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,10 +48,9 @@ def abstract(tree):
 
 
 def assert_trees_equal(actual, expected):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        assert a.dtype == e.dtype and a.shape == e.shape
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+    """Same structure, shapes, dtypes and values, leaf by leaf (chex names the first leaf that differs)."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
+    chex.assert_trees_all_equal(actual, expected)
 
 
 def assert_meta_equal(actual, expected):

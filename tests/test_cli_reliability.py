@@ -16,10 +16,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import pathprob as pp
-from pathprob.analysis.compare import format_estimate
 from pathprob.cli import app, common
 from pathprob.files import loads_strict
-from pathprob.paths import sample as sampling
+from pathprob.paths import ancestral
+from pathprob.paths.results import format_estimate
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -235,15 +235,15 @@ def test_ctrl_c_prints_and_writes_the_estimate_so_far(tmp_path, monkeypatch):
 
 def test_ctrl_c_between_chunks_of_a_real_run(monkeypatch):
     """Ctrl-C while the second chunk is drawn: the estimator answers with the first chunk's estimate."""
-    to_host, chunks = sampling._to_host, []
+    to_samples, chunks = ancestral.to_samples, []
 
     def ctrl_c_in_second_chunk(*args, **kwargs):
         chunks.append(len(chunks))
         if len(chunks) == 2:
             raise KeyboardInterrupt
-        return to_host(*args, **kwargs)
+        return to_samples(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "_to_host", ctrl_c_in_second_chunk)
+    monkeypatch.setattr(ancestral, "to_samples", ctrl_c_in_second_chunk)
     result = invoke("mass", "truth:arith", "--prompt", "^1+2=", "--regex", "3.*", "--max-new", 2, "--method", "mc",
                     "-n", 10_000, "--json", "-")
     assert result.exit_code == 130, result.output
@@ -276,7 +276,8 @@ def test_labels_say_exact_only_for_a_proof():
     assert describe(degenerate) == "0, the midpoint of proven bounds [0, 0] (enumeration)"
     assert describe(interval) == "0.25 in [0.2, 0.3] (95% interval, smc, n = 1,000, ESS = 812.5)"
     assert describe(proven_by_a_sample) == "inf (proven, mc, n = 64)"
-    assert [format_estimate(e) for e in (exact, bounds, degenerate)] == ["0.25", "0.25 [0.2, 0.3]", "0 [0, 0]"]
+    # A table cell: the value of a proof (or of bounds that meet), never a midpoint for proven bounds.
+    assert [format_estimate(e) for e in (exact, bounds, degenerate)] == ["0.25", "bounded [0.2, 0.3]", "0"]
 
 
 def test_printed_labels_of_real_runs():

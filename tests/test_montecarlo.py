@@ -29,7 +29,7 @@ from test_exact import CFG, TOKENIZER, _full_logprobs, random_lm
 import pathprob as pp
 from pathprob.errors import PathprobError
 from pathprob.models.transformer import TransformerLM, init_transformer
-from pathprob.paths import hybrid, montecarlo, proposal, sample, smc, swor
+from pathprob.paths import ancestral, frontier, hybrid, montecarlo, proposal, sample, smc, swor
 from pathprob.paths.divergence import kl
 from pathprob.paths.intervals import widen
 from pathprob.paths.montecarlo import entropy_mc, mass_mc
@@ -109,20 +109,25 @@ def pp_sample(lm, n, *, key, chunk=4096, **kwargs):
     return sample.sample(lm, PROMPT, n, MAX_NEW, key=key, chunk=chunk, **kwargs)
 
 
-def test_same_key_n_chunk_same_samples_and_one_compile(lm):
+def test_same_key_n_same_samples_and_one_compile_per_chunk_shape(lm):
     a = pp_sample(lm, 300, key=jax.random.key(3), chunk=128)
-    compiled = sample._sample_chunk._cache_size()
     b = pp_sample(lm, 300, key=3, chunk=128)  # an int seed is jax.random.key(seed)
     assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.logp, b.logp)
     assert b.seed == 3 and b.chunk == 128 and len(b) == 300
     c = pp_sample(lm, 300, key=4, chunk=128)
     assert not np.array_equal(a.tokens, c.tokens)
-    pp_sample(lm, 1000, key=5, chunk=128)  # more chunks, same shapes
-    pp_sample(random_lm(7), 200, key=5, chunk=128)  # new parameters, same config
-    assert sample._sample_chunk._cache_size() == compiled
-    # The first chunk of a longer run is the same chunk.
-    assert np.array_equal(pp_sample(lm, 128, key=3, chunk=128).tokens, a.tokens[:128])
+    # The draws are counts down the trie: the chunk size only batches the model calls.
+    assert np.array_equal(pp_sample(lm, 300, key=3, chunk=64).tokens, a.tokens)
     assert "Samples(n=300" in repr(a) and '"paths"' in a.to_json()
+    # The per-particle sampler compiles once per chunk shape: more chunks or new parameters add nothing.
+    stream = lambda model, n, key: list(ancestral.stream(model, PROMPT, n, MAX_NEW, key=key, chunk=128))
+    first = stream(lm, 300, 3)
+    compiled = ancestral.sample_chunk._cache_size()
+    stream(lm, 1000, 5)
+    stream(random_lm(7), 200, 5)
+    assert ancestral.sample_chunk._cache_size() == compiled
+    # The first chunk of a longer run is the same chunk.
+    assert np.array_equal(stream(lm, 128, 3)[0].tokens, first[0].tokens)
 
 
 def _warp_reference(logp_V: np.ndarray, temperature, top_k, top_p) -> np.ndarray:
@@ -363,14 +368,12 @@ def test_hybrid_never_leaves_the_exact_bounds(lm, pattern):
 
 
 def test_hybrid_frontier_accounts_for_all_mass(lm):
-    walk = hybrid.walk(lm, np.asarray(PROMPT, np.int32), pp.Regex("[ab]*"), MAX_NEW, min_prob=0.01, chunk=8,
-                       budget=pp.Budget())
-    frontier_logp = walk.items[3]
-    total = np.logaddexp.reduce([*walk.log_in, *walk.log_out, *frontier_logp])
+    head = hybrid.walk_head(lm, np.asarray(PROMPT, np.int32), pp.Regex("[ab]*"), MAX_NEW, min_prob=0.01, chunk=8,
+                            budget=pp.Budget())
+    total = np.logaddexp.reduce([head.log_in, head.log_out, *head.logp])
     assert abs(math.exp(total) - 1) < 1e-6
     exact = as_dict(pp.enumerate_paths(lm, PROMPT, MAX_NEW))
-    prefixes = walk.prefixes(np.arange(frontier_logp.size))
-    for row, logp in zip(prefixes, frontier_logp):
+    for row, logp in zip(head.tokens, head.logp):
         prefix = tuple(row[row >= 0])
         below = [lp for path, lp in exact.items() if path[: len(prefix)] == prefix]
         assert abs(np.logaddexp.reduce(below) - logp) < 1e-5 and logp < math.log(0.01)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import pathprob as pp
 from pathprob.analysis.dynamics import training_dynamics
 from pathprob.analysis.probes import Prober, ProbeSpec, kl_over_paths, probe_spec
+from pathprob.paths.intervals import LOGP_ROUNDING
 from pathprob.cli import app
 from pathprob.config import ConfigError, config_diff
 from pathprob.paths.measure import entropy_from_table, set_mass_from_table
@@ -121,10 +122,12 @@ def test_probe_values_equal_a_fresh_computation_on_the_checkpoint(run):
             truth_table = pp.enumerate_paths(truth, prompt, 3)
             rows = [r[:n].tolist() for r, n in zip(truth_table.tokens, truth_table.lengths)]
             logp_model = pp.score(lm, prompt, rows)
-            assert got["tracked_logp"] == pytest.approx(list(logp_model[:4]), abs=1e-6)
+            # The probe pads every prompt to the longest probe prompt, ``pp.score`` does not: the masked
+            # positions change float32 reduction orders, within the documented per-token allowance.
+            assert got["tracked_logp"] == pytest.approx(list(logp_model[:4]), abs=3 * LOGP_ROUNDING)
             assert setup["truth"][i]["tracked_tokens"] == rows[:4]
             kl = float(np.sum(np.exp(truth_table.logp) * (truth_table.logp - logp_model)))
-            assert got["kl"] == pytest.approx(kl, abs=1e-6)
+            assert got["kl"] == pytest.approx(kl, abs=3 * LOGP_ROUNDING)
             if step != 7:
                 continue  # the engine is checked at every step; brute force once is enough
             # Brute force over all 1 + 11 + 121 + 1331 paths with a full forward pass in float64:

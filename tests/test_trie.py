@@ -35,14 +35,16 @@ def test_stacked_prompt_caches_decode_like_one_prompt_each(lm):
     assert prompts_RP.shape == (4, 8)
     state = jax.jit(lambda lm, p, n: lm.start(p, n, 4))(lm, jnp.asarray(prompts_RP), jnp.asarray(lengths_R))
     tokens = jnp.asarray([1, 2, 3, 5], jnp.int32)
-    state = lm.advance(state, tokens)
+    advance = jax.jit(lambda lm, state, tokens: lm.advance(state, tokens))  # eager ops would compile one by one
+    next_logprobs = jax.jit(lambda lm, state: lm.next_logprobs(state))
+    stacked = next_logprobs(lm, advance(lm, state, tokens))
     for r, prompt in enumerate(PROMPTS):
-        one = lm.advance(start_one(lm, jnp.asarray(prompt), 4), tokens[r : r + 1])
-        np.testing.assert_allclose(lm.next_logprobs(state)[r], lm.next_logprobs(one)[0], rtol=0, atol=1e-5)
+        one = advance(lm, start_one(lm, jnp.asarray(prompt), 4), tokens[r : r + 1])
+        np.testing.assert_allclose(stacked[r], next_logprobs(lm, one)[0], rtol=0, atol=1e-5)
     # Against the full forward: the next-token distribution after prompt + token.
     for r, prompt in enumerate(PROMPTS):
         ids = jnp.asarray([[*prompt, int(tokens[r])]], jnp.int32)
-        np.testing.assert_allclose(lm.next_logprobs(state)[r], _full_logprobs(lm, ids)[0, -1], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(stacked[r], _full_logprobs(lm, ids)[0, -1], rtol=0, atol=1e-5)
 
 
 def test_many_prompts_equal_brute_force_per_prompt(lm):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathprob.data.base import categorical, numpy_rng
+from pathprob.errors import BadPromptError
 from pathprob.models.base import LanguageModel, check_max_new, encode_prompt
 from pathprob.paths.ancestral import sample_chunk, stream, to_samples
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
@@ -44,7 +45,10 @@ def split_counts(rng: np.random.Generator, count_N: np.ndarray, logq_NV: np.ndar
     (inverse CDF, no [N, V] table of counts); rows with more use numpy's multinomial.
     """
     N, V = logq_NV.shape
-    q_NV = np.exp(logq_NV - logq_NV.max(axis=1, keepdims=True))
+    top_N = logq_NV.max(axis=1, keepdims=True)
+    if np.any(np.isneginf(top_N[:, 0]) & (count_N > 0)):
+        raise BadPromptError("no continuation has probability > 0 here: the prompt is impossible under the model")
+    q_NV = np.exp(logq_NV - top_N)
     q_NV /= q_NV.sum(axis=1, keepdims=True)
     few = count_N <= V
     rows = np.repeat(np.nonzero(few)[0], count_N[few])
