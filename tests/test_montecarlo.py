@@ -29,7 +29,7 @@ from test_exact import CFG, TOKENIZER, _full_logprobs, random_lm
 import pathprob as pp
 from pathprob.errors import PathprobError
 from pathprob.models.transformer import TransformerLM, init_transformer
-from pathprob.paths import ancestral, frontier, hybrid, montecarlo, proposal, sample, smc, swor
+from pathprob.paths import ancestral, hybrid, montecarlo, proposal, sample, smc, swor
 from pathprob.paths.divergence import kl
 from pathprob.paths.intervals import widen
 from pathprob.paths.montecarlo import entropy_mc, mass_mc
@@ -173,12 +173,12 @@ def test_proposal_model_samples_are_scored_under_the_target(lm, other_lm, table)
     np.testing.assert_allclose(samples.logq, [proposal_table[p] for p in paths], atol=1e-5)
 
 
-def test_reach_table_matches_brute_force():
+def test_dfa_reach_matches_brute_force():
     """reach[k, s]: some continuation of at most k tokens (ending at EOS or after exactly k) is accepted."""
     eos = TOKENIZER.eos_id
     for pattern in ["[ab]*", "c?d", "a.b", "(ab|ba)c?"]:
         dfa = pp.Regex(pattern).dfa(TOKENIZER)
-        reach = proposal.reach_table(dfa, 3, eos)
+        reach = dfa.reach(3, eos)
         for k in range(4):
             for s in range(dfa.n_states):
                 ok = dfa.accepting[s] if k == 0 else False

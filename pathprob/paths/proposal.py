@@ -15,7 +15,6 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pathprob.errors import PathprobError
 from pathprob.paths.sets import TokenDFA
@@ -69,19 +68,9 @@ class Guide:
     initial: jax.Array
 
 
-def reach_table(dfa: TokenDFA, max_new: int, eos: int) -> np.ndarray:
-    """bool[max_new + 1, S]: whether a path in each state, with k tokens left, can end accepted."""
-    ends_now = dfa.accepting[dfa.transitions[:, eos]]
-    non_eos = np.delete(dfa.transitions, eos, axis=1)
-    rows = [dfa.accepting.copy()]
-    for _ in range(max_new):
-        rows.append(ends_now | rows[-1][non_eos].any(axis=1))
-    return np.stack(rows)
-
-
 def make_guide(dfa: TokenDFA, max_new: int, eos: int) -> Guide:
     return Guide(jnp.asarray(dfa.transitions, jnp.int32), jnp.asarray(dfa.accepting),
-                 jnp.asarray(reach_table(dfa, max_new, eos)), jnp.int32(dfa.initial))
+                 jnp.asarray(dfa.reach(max_new, eos)), jnp.int32(dfa.initial))
 
 
 def normalise(x_BV: jax.Array) -> jax.Array:
