@@ -22,11 +22,11 @@ from rich.table import Table
 
 import pathprob as pp
 from pathprob import report as sections
+from pathprob.paths.montecarlo import MASS_METHODS
 from pathprob.paths.results import format_estimate
 from pathprob.errors import CheckpointError
 
 NARROWING_SHOTS = (0, 1, 2, 4, 8)
-MC_METHODS = ("mc", "is", "smc", "swor", "hybrid")
 ARITH_SHOTS = (0, 1, 3)
 
 # The shipped runs (``scripts/make_checkpoints.py`` trains them into checkpoints/; ``--train`` into --out).
@@ -50,7 +50,7 @@ class DemoSizes:
     train_steps: int | None  # --train: None = the shipped runs' steps
 
 
-FULL = DemoSizes(sections.Sizes(top=10, min_prob=1e-4, methods=MC_METHODS, ns=(256, 1024, 4096), n_prompts=16),
+FULL = DemoSizes(sections.Sizes(top=10, min_prob=1e-4, methods=MASS_METHODS, ns=(256, 1024, 4096), n_prompts=16),
                  n_samples=4096, entropy_methods=("mc", "swor"), train_steps=None)
 # Fast: one sample size everywhere, so the side-by-side table and the convergence plot share compiled programs.
 FAST = DemoSizes(sections.Sizes(top=6, min_prob=1e-3, methods=("mc", "smc"), ns=(128,), n_prompts=2),

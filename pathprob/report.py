@@ -29,6 +29,7 @@ from pathprob.data.languages import get_language
 from pathprob.errors import BudgetExceededError, UnknownSpecError
 from pathprob.files import write_atomic
 from pathprob.paths.enumerate import enumerate_paths
+from pathprob.paths.montecarlo import MASS_METHODS
 from pathprob.paths.results import NO_VALUE, format_estimate, format_interval
 from pathprob.paths.sets import Regex
 from pathprob.plots import paths as figures
@@ -188,7 +189,7 @@ class Sizes:
 
     top: int = 15  # paths in the trees and top-path tables
     min_prob: float = 1e-4  # enumeration floor (1e-5 on a d_model 128 Transformer exceeds the memory budget)
-    methods: tuple[str, ...] = ("mc", "is", "smc", "swor", "hybrid")
+    methods: tuple[str, ...] = MASS_METHODS
     ns: tuple[int, ...] = (100, 300, 1000, 3000, 10000)
     n_prompts: int = 8  # prompts per number of examples (comparison and narrowing sections)
     seed: int = 0  # Monte-Carlo key

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import pathprob as pp
-from pathprob.analysis.ablate import ablate, eval_loss, lumped_kl, path_logp
+from pathprob.analysis.ablate import ablate, eval_loss, path_logp
+from pathprob.paths.divergence import listed_rest, lumped_kl
 from pathprob.config import ModelConfig
 from pathprob.data.tokenizer import Tokenizer
 from pathprob.models.transformer import TransformerLM, init_transformer
@@ -58,7 +59,8 @@ def test_kl_over_paths_against_brute_force(lm, mode):
 def test_lumped_kl():
     logp = np.log([0.5, 0.3])
     logq = np.log([0.25, 0.25])
-    value, rest_p, rest_q = lumped_kl(logp, logq)
+    rest_p, rest_q = listed_rest(logp), listed_rest(logq)
+    value = lumped_kl(logp, logq, rest_p=rest_p, rest_q=rest_q)
     expected = 0.5 * math.log(2) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.5)
     assert value == pytest.approx(expected, rel=1e-12) and rest_p == pytest.approx(0.2) and rest_q == 0.5
 

@@ -13,7 +13,8 @@ from test_cli import assert_one_line_error, invoke
 from test_languages import hmm_example_probs, hmm_posterior
 
 import pathprob as pp
-from pathprob.analysis.compare import compare, divergences_exact, js_mc
+from pathprob.analysis.compare import compare, divergences_exact
+from pathprob.paths.divergence import js_mc
 from pathprob.analysis.narrowing import MIN_PROMPTS, concept_prompts, mean_interval, narrowing_curve, summarize
 from pathprob.analysis.supports import (
     Listing,
@@ -108,16 +109,16 @@ def test_prompt_width_gives_the_same_tables_and_one_compile(lm):
         got, want = as_dict(a), as_dict(b)
         assert got.keys() == want.keys() and max(abs(got[x] - want[x]) for x in want) <= 1e-5
     # Other prompts (other lengths) with the same room: no new program anywhere.
-    before = (frontier._start._cache_size(), frontier._expand_into._cache_size())
+    before = (frontier._start._cache_size(), frontier.advance._cache_size())
     enumerate_many(lm, ["^dd", "^bcd", "^d", "^cc"], MAX_NEW, prompt_width=6)
-    assert (frontier._start._cache_size(), frontier._expand_into._cache_size()) == before
+    assert (frontier._start._cache_size(), frontier.advance._cache_size()) == before
 
 
 def test_second_batch_of_the_same_length_triggers_no_trace(lm):
     enumerate_many(lm, ["^ab", "^cd"], MAX_NEW)
-    before = (frontier._start._cache_size(), frontier._expand_into._cache_size())
+    before = (frontier._start._cache_size(), frontier.advance._cache_size())
     enumerate_many(lm, ["^ba", "^dc"], MAX_NEW)
-    assert (frontier._start._cache_size(), frontier._expand_into._cache_size()) == before
+    assert (frontier._start._cache_size(), frontier.advance._cache_size()) == before
 
 
 # --- compare against the engines and brute force ---------------------------------------------------

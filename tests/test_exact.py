@@ -201,11 +201,11 @@ def test_accounting_property(seed, prompt, min_prob, max_paths):
 
 def test_chunks_compile_once_per_shape(lm):
     pp.enumerate_paths(lm, [0, 1, 2], 3, chunk=8)
-    before = frontier._expand_into._cache_size()
+    before = frontier.advance._cache_size()
     for prompt in ([0, 2, 2], [0, 3, 1], [0, 4, 4]):
         pp.enumerate_paths(lm, prompt, 3, chunk=8)
         pp.enumerate_paths(random_lm(7), prompt, 3, chunk=8)  # new parameters, same config
-    assert frontier._expand_into._cache_size() == before
+    assert frontier.advance._cache_size() == before
 
 
 def test_budget_refuses_with_advice(lm):

@@ -422,11 +422,13 @@ def test_kl_is_infinite_when_b_cannot_emit_what_a_does():
     assert math.isfinite(kl(truth, prompt, model, prompt, 2).value)
 
 
-def test_running_estimates_stream_per_chunk(lm):
+@pytest.mark.parametrize("method, done", [("mc", [256, 768, 1000]), ("is", [256, 512, 768, 1000])])
+def test_running_estimates_stream_per_chunk(lm, method, done):
+    """mc draws counts in blocks of chunk, 2 chunk, 4 chunk, ...; per-particle samplers stream chunk by chunk."""
     seen = []
-    final = mass_mc(lm, PROMPT, SET, MAX_NEW, method="mc", n=1000, key=0, chunk=256,
+    final = mass_mc(lm, PROMPT, SET, MAX_NEW, method=method, n=1000, key=0, chunk=256,
                     on_chunk=lambda done, total, est: seen.append((done, total, est.value)))
-    assert [s[0] for s in seen] == [256, 512, 768, 1000] and all(s[1] == 1000 for s in seen)
+    assert [s[0] for s in seen] == done and all(s[1] == 1000 for s in seen)
     assert seen[-1][2] == final.value and final.n == 1000 and final.seed == 0
 
 
@@ -448,16 +450,18 @@ INTERRUPTIBLE = {
 
 @pytest.mark.parametrize("name", list(INTERRUPTIBLE))
 def test_ctrl_c_returns_the_estimate_of_the_chunks_drawn(lm, name):
-    """Ctrl-C (here: on_chunk raising after the second chunk of 64) returns those 128 samples' estimate.
+    """Ctrl-C (here: on_chunk raising after the second chunk) returns those chunks' estimate.
 
-    Chunk i draws with fold_in(key, i), so they are the samples of a run of n = 128: the
-    same value; the interval is the one of the run that was planned (n = 1024).
+    Chunk i draws with fold_in(key, i), so they are the samples of a shorter run: the
+    same value; the interval is the one of the run that was planned (n = 1024). Chunks
+    hold 64 samples, except the count-based blocks of mc (64, then 128).
     """
     run = INTERRUPTIBLE[name]
+    drawn = 192 if name in ("mc", "entropy") else 128
     stopped = run(lm, n=1024, key=5, chunk=64, on_chunk=_interrupt_after_two_chunks)
-    short = run(lm, n=128, key=5, chunk=64)
+    short = run(lm, n=drawn, key=5, chunk=64)
     assert stopped.interrupted and not short.interrupted
-    assert stopped.n == short.n == 128 and stopped.value == short.value
+    assert stopped.n == short.n == drawn and stopped.value == short.value
     assert stopped.lower <= stopped.value <= stopped.upper and stopped.level == 0.95
     assert stopped.seed == 5 and stopped.key_data == short.key_data
 

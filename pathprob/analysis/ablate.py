@@ -34,6 +34,7 @@ from pathprob.data.languages import get_language
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work, listed_paths_bound
+from pathprob.paths.divergence import listed_rest, lumped_kl
 from pathprob.paths.enumerate import DEFAULT_CHUNK, enumerate_paths
 from pathprob.paths.frontier import bucket
 
@@ -101,21 +102,6 @@ def _check_kl_budget(lm, prompts_P: list[np.ndarray], max_new: int, min_prob: fl
     budget.require(f"the ablation's KL over paths of up to {max_new} tokens after {len(prompts_P)} prompts needs up to",
                    len(prompts_P) * (nodes + forwards), nbytes + _forward_bytes(lm.config, BATCH, T),
                    "raise min_prob (e.g. 1e-3) or lower max_new")
-
-
-def lumped_kl(logp_N: np.ndarray, logq_N: np.ndarray, *, complete: bool = False) -> tuple[float, float, float]:
-    """KL(p || q) over the listed paths plus one remainder cell: (kl, remainder of p, remainder of q).
-
-    A lower bound on the full KL (data processing). Each remainder is 1 - listed
-    mass, clipped at 0 against float32 rounding; ``complete`` (every path of p is
-    listed) makes p's remainder exactly 0, so the result is the exact KL.
-    """
-    p, q = np.exp(logp_N), np.exp(logq_N)
-    rest_p, rest_q = (0.0 if complete else max(0.0, 1.0 - p.sum())), max(0.0, 1.0 - q.sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * (logp_N - logq_N), 0.0)
-    rest = 0.0 if rest_p == 0 else (math.inf if rest_q == 0 else rest_p * math.log(rest_p / rest_q))
-    return float(terms.sum() + rest), rest_p, rest_q
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -195,7 +181,8 @@ def ablate(lm: LanguageModel, mode: str, *, layers: Sequence[int] | None = None,
         logp = path_logp(lm, prompt_P, table.tokens)
         logq = path_logp(lm, prompt_P, table.tokens, attention)
         complete = table.log_remaining == -math.inf
-        value, rp, rq = lumped_kl(logp, logq, complete=complete)
+        rp, rq = 0.0 if complete else listed_rest(logp), listed_rest(logq)
+        value = lumped_kl(logp, logq, rest_p=rp, rest_q=rq)
         kls.append(value)
         exact.append(complete)
         counts.append(len(table))

@@ -44,9 +44,8 @@ from pathprob.analysis.supports import (
 from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.files import dumps
 from pathprob.models.base import LanguageModel, encode_prompt
-from pathprob.paths.divergence import kl
+from pathprob.paths.divergence import LOG2, js_mc, js_terms, kl, listed_rest, lumped_kl
 from pathprob.paths.enumerate import DEFAULT_BUDGET, DEFAULT_CHUNK, Budget, check_budget, enumerate_many
-from pathprob.paths.intervals import Moments, clip, normal_interval
 from pathprob.paths.measure import entropy, entropy_from_table, mass, set_mass_from_table
 from pathprob.paths.results import Estimate, PathTable, format_estimate
 from pathprob.paths.sample import sample
@@ -57,7 +56,6 @@ METHODS = ("auto", "exact", "mc")
 NARROWING_P = (0.9, 0.99)
 TOP = 5
 MAX_PROBS = 1000
-LOG2 = math.log(2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,17 +266,16 @@ def divergences_exact(a: Listing, b: Listing) -> dict:
     """
     union = list(dict.fromkeys(a.paths() + b.paths()))
     log_a, log_b = a.logp(union), b.logp(union)
-    complete_a, complete_b = a.complete, b.complete
     # The lumped outcome "not in L"; exactly 0 when a listing is complete (not 1 - sum: rounding).
-    rest_a = 0.0 if complete_a else max(0.0, 1.0 - float(np.sum(np.exp(log_a))))
-    rest_b = 0.0 if complete_b else max(0.0, 1.0 - float(np.sum(np.exp(log_b))))
-    log_a = np.append(log_a, math.log(rest_a) if rest_a > 0 else -math.inf)
-    log_b = np.append(log_b, math.log(rest_b) if rest_b > 0 else -math.inf)
-    exact = complete_a and complete_b
-    kl_ab, kl_ba = _kl_terms(log_a, log_b), _kl_terms(log_b, log_a)
-    js_terms = _js_terms(log_a, log_b)
-    js_low = float(np.sum(js_terms))
-    js_high = min(LOG2, float(np.sum(js_terms[:-1])) + 0.5 * (rest_a + rest_b) * LOG2)
+    rest_a = 0.0 if a.complete else listed_rest(log_a)
+    rest_b = 0.0 if b.complete else listed_rest(log_b)
+    exact = a.complete and b.complete
+    kl_ab = lumped_kl(log_a, log_b, rest_p=rest_a, rest_q=rest_b)
+    kl_ba = lumped_kl(log_b, log_a, rest_p=rest_b, rest_q=rest_a)
+    log_rest = lambda rest: math.log(rest) if rest > 0 else -math.inf
+    terms = js_terms(np.append(log_a, log_rest(rest_a)), np.append(log_b, log_rest(rest_b)))
+    js_low = float(np.sum(terms))
+    js_high = min(LOG2, float(np.sum(terms[:-1])) + 0.5 * (rest_a + rest_b) * LOG2)
     details = {"paths": len(union), "lumped_a": rest_a, "lumped_b": rest_b,
                "bound": "exact" if exact else "lower bound (data-processing inequality; remainder lumped)"}
 
@@ -290,49 +287,6 @@ def divergences_exact(a: Listing, b: Listing) -> dict:
     js = Estimate(value=max(js_low, 0.0) if exact else 0.5 * (max(js_low, 0.0) + js_high), lower=max(js_low, 0.0),
                   upper=max(js_low, 0.0) if exact else js_high, method="exact", exact=exact, details=details)
     return {"kl_ab": kl_est(kl_ab), "kl_ba": kl_est(kl_ba), "js": js}
-
-
-def _kl_terms(log_p: np.ndarray, log_q: np.ndarray) -> float:
-    """sum p (log p - log q) in float64; terms with p = 0 are 0, and p > 0 = q gives inf."""
-    positive = log_p > -np.inf
-    if np.any(positive & (log_q == -np.inf)):
-        return math.inf
-    return float(np.sum(np.exp(log_p[positive]) * (log_p[positive] - log_q[positive])))
-
-
-def _js_terms(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
-    """Per-outcome JS terms: p/2 log(2p/(p+q)) + q/2 log(2q/(p+q)) (each in [0, (p+q)/2 log 2])."""
-    log_m = np.logaddexp(log_p, log_q) - LOG2
-    with np.errstate(invalid="ignore"):
-        term = lambda lp: np.where(lp > -np.inf, 0.5 * np.exp(lp) * (lp - log_m), 0.0)
-        return term(log_p) + term(log_q)
-
-
-def js_mc(lm_a, prompt_a, lm_b, prompt_b, max_new: int, *, n: int, key, level: float = 0.95) -> Estimate:
-    """JS(a, b) by Monte Carlo: n paths from each side, each scored under both.
-
-    JS = 1/2 E_a[log(2 p_a / (p_a + p_b))] + 1/2 E_b[log(2 p_b / (p_a + p_b))]; the two
-    means are independent, so the normal interval uses var_a/(4n) + var_b/(4n); it is
-    clipped to [0, log 2].
-    """
-    t0 = time.perf_counter()
-    key, seed, _ = as_key(key)
-    means, variances = [], []
-    for side, (lm_x, prompt_x, lm_y, prompt_y) in enumerate([(lm_a, prompt_a, lm_b, prompt_b),
-                                                              (lm_b, prompt_b, lm_a, prompt_a)]):
-        # Draw from x (the proposal), score under y (the target): logq = log p_x, logp = log p_y.
-        drawn = sample(lm_y, prompt_y, n, max_new, key=jax.random.fold_in(key, side), proposal=lm_x,
-                       proposal_prompt=prompt_x)
-        values = Moments()
-        values.add(LOG2 + drawn.logq - np.logaddexp(drawn.logq, drawn.logp))
-        means.append(values.mean)
-        variances.append(values.stderr**2)
-    value = 0.5 * (means[0] + means[1])
-    stderr = 0.5 * math.sqrt(variances[0] + variances[1])
-    lower, upper = clip(normal_interval(value, stderr, level), 0.0, LOG2)
-    return Estimate(value=value, lower=lower, upper=upper, method="mc", n=2 * n, stderr=stderr, ess=float(2 * n),
-                    seconds=time.perf_counter() - t0, level=level, seed=seed,
-                    details={"interval": "normal: two independent means, within [0, log 2]"})
 
 
 # --- the entry point -------------------------------------------------------------------------------

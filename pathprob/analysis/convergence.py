@@ -54,11 +54,8 @@ def convergence(
     series = {}
     for i, method in enumerate(methods):
         method_key = jax.random.fold_in(base_key, i)
-        options = {} if method == "swor" else {"chunk": chunk}
-        if method == "hybrid" and min_prob > 0:
-            options["min_prob"] = min_prob
         runs = [mass(lm, prompt, pathset, max_new, method=method, n=n, key=jax.random.fold_in(method_key, j),
-                     level=level, **options) for j, n in enumerate(ns)]
+                     level=level, chunk=chunk, min_prob=min_prob) for j, n in enumerate(ns)]
         series[method] = {
             "n": [run.n or n for run, n in zip(runs, ns)], "requested_n": list(ns),
             **{field: [_finite(getattr(run, field)) for run in runs]

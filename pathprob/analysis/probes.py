@@ -46,9 +46,10 @@ from pathprob.config import TrainConfig
 from pathprob.errors import BudgetExceededError, PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
+from pathprob.paths.divergence import listed_rest, lumped_kl
 from pathprob.paths.enumerate import enumerate_many
 from pathprob.paths.measure import entropy_from_table, set_mass_from_table
-from pathprob.paths.results import PathTable, log1mexp, logsumexp64
+from pathprob.paths.results import PathTable
 from pathprob.paths.score import score_paths, scoring_cost
 from pathprob.paths.sets import PathSet, Regex
 
@@ -116,26 +117,6 @@ def _resolve_set(language, name: str, prompt: str) -> str | None:
 
 def _rows(table: PathTable) -> list[list[int]]:
     return [row[:n].tolist() for row, n in zip(table.tokens, table.lengths)]
-
-
-def kl_over_paths(logp_truth: np.ndarray, logp_model: np.ndarray, log_remaining_truth: float = -math.inf) -> float:
-    """KL(truth || model) in nats over listed paths (float64), the truth's remainder lumped as one outcome.
-
-    ``logp_truth``/``logp_model``: float64[N] log-probabilities of the same N paths. With a
-    remainder (``log_remaining_truth`` > -inf) the result is the KL of the coarser partition
-    {listed paths..., the rest}: a lower bound on the KL over paths (data-processing inequality).
-    Paths of truth probability 0 contribute nothing.
-    """
-    logp_truth = np.asarray(logp_truth, np.float64)
-    logp_model = np.asarray(logp_model, np.float64)
-    keep = np.isfinite(logp_truth)
-    p_truth = np.exp(logp_truth[keep])
-    total = float(np.sum(p_truth * (logp_truth[keep] - logp_model[keep])))
-    if log_remaining_truth > -math.inf:
-        log_rest_model = log1mexp(min(logsumexp64(logp_model[keep]), 0.0))
-        if log_rest_model > -math.inf:
-            total += math.exp(log_remaining_truth) * (log_remaining_truth - log_rest_model)
-    return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +215,8 @@ class Prober:
                 truth = self._truth[i]
                 logp_model = scores[i]
                 row["tracked_logp"] = logp_model[: self.spec.track].tolist()
-                row["kl"] = kl_over_paths(truth.logp, logp_model, truth.log_remaining)
+                row["kl"] = lumped_kl(truth.logp, logp_model, rest_p=math.exp(truth.log_remaining),
+                                      rest_q=listed_rest(logp_model))
             rows.append(row)
         return {"prompts": rows, "seconds": time.perf_counter() - t0}
 

@@ -31,6 +31,7 @@ from pathprob.cli.common import (
 )
 from pathprob.files import dumps
 from pathprob.paths.ancestral import stream
+from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, METHODS
 from pathprob.paths.proposal import Proposal
 from pathprob.paths.samples import Samples as SampleSet
 
@@ -99,7 +100,7 @@ def topk(spec: Spec, prompt: Prompt, max_new: MaxNew,
 @command
 def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
          regex: Annotated[str, typer.Option(help="Full-match regular expression over the continuation text.")],
-         method: Annotated[str, typer.Option(help="exact, mc, is, smc, swor or hybrid")] = "exact",
+         method: Annotated[str, typer.Option(help=", ".join(("exact",) + MASS_METHODS))] = "exact",
          n: Samples = 10_000, seed: Seed = 0,
          min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
     """P(continuation matches REGEX | prompt): exact with proven bounds, or Monte Carlo with an interval."""
@@ -113,7 +114,7 @@ def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
 
 @command
 def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
-            method: Annotated[str, typer.Option(help="exact, mc or swor")] = "exact",
+            method: Annotated[str, typer.Option(help=", ".join(("exact",) + ENTROPY_METHODS))] = "exact",
             n: Samples = 10_000, seed: Seed = 0,
             estimator: Annotated[str, typer.Option(help="mc: chain (Rao-Blackwellised) or plain")] = "chain",
             min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
@@ -121,7 +122,7 @@ def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
     lm = pp.open_model(spec)
     with ChunkProgress(n) as progress:
         options = mc_options(method, n, seed, progress)
-        if method == "mc":
+        if method in ENTROPY_METHODS and "estimator" in METHODS[method].entropy_options:
             options["estimator"] = estimator
         est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, **options)
     finish_estimate("H", est, json_out, requested=n, unit=" nats",

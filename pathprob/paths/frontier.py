@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pathprob.models.base import LanguageModel, State, pad_prompts, take_paths
+from pathprob.models.base import LanguageModel, State, pad_prompts
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -46,20 +46,21 @@ def start(lm: LanguageModel, prompts: Sequence[np.ndarray], capacity: int, *,
 
 
 @jax.jit
-def expand(lm: LanguageModel, pool: State, parent_c: jax.Array, tokens_c: jax.Array) -> tuple[State, jax.Array]:
-    """Children ``(parent_c[i], tokens_c[i])`` of pool paths: their states and next-token log-probs [c, V]."""
-    child = lm.advance(take_paths(pool, parent_c), tokens_c)
+def gather(pool_paths, parent_c: jax.Array):
+    """The per-path states of pool rows ``parent_c``: a cheap program per (pool capacity, c)."""
+    return jax.tree.map(lambda x: x[parent_c], pool_paths)
+
+
+@jax.jit
+def advance(lm: LanguageModel, state_c: State, tokens_c: jax.Array) -> tuple[State, jax.Array]:
+    """c paths extended by one token each: their states and next-token log-probs [c, V].
+
+    The model's decoding step, the one expensive program of a walk, sees only the chunk
+    (and the shared prompt caches), never a pool: it compiles once per chunk size c,
+    however the frontier's size changes from level to level or from run to run.
+    """
+    child = lm.advance(state_c, tokens_c)
     return child, lm.next_logprobs(child)
-
-
-@functools.partial(jax.jit, donate_argnums=(2,))
-def _expand_into(lm: LanguageModel, pool: State, new_paths, parent_c: jax.Array, tokens_c: jax.Array,
-                 offset: jax.Array):
-    """``expand`` written straight into ``new_paths`` at ``offset`` (donated: updated in place)."""
-    child, logprobs_cV = expand(lm, pool, parent_c, tokens_c)
-    new_paths = jax.tree.map(lambda p, c: jax.lax.dynamic_update_slice_in_dim(p, c, offset, axis=0),
-                             new_paths, child.paths)
-    return new_paths, logprobs_cV
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -111,8 +112,9 @@ def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: n
     # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
         size = min(c, bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
-        new_paths, logprobs_cV = _expand_into(lm, pool, new_paths, jnp.asarray(parent_n[lo : lo + size]),
-                                              jnp.asarray(token_n[lo : lo + size]), jnp.int32(lo))
+        parents = pool.replace(paths=gather(pool.paths, jnp.asarray(parent_n[lo : lo + size])))
+        child, logprobs_cV = advance(lm, parents, jnp.asarray(token_n[lo : lo + size]))
+        new_paths = write(new_paths, child.paths, jnp.int32(lo))
         pending.append(logprobs_cV)
     logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
     return pool.replace(paths=new_paths), logprobs

@@ -41,7 +41,7 @@ from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work
 from pathprob.paths.enumerate import Listing
 from pathprob.paths.intervals import clip, clopper_pearson, widen
 from pathprob.paths.results import Estimate, logsumexp64
-from pathprob.paths.running import OnChunk, Run, fold_chunks
+from pathprob.paths.running import Method, OnChunk, Run, fold_chunks
 from pathprob.paths.samples import contains
 from pathprob.paths.sets import PathSet
 
@@ -144,3 +144,7 @@ def hybrid_mass(
     parts = stream(lm, prompt_P, n, max_new, key=sample_key, chunk=chunk, prefixes=prefixes,
                    dfa=pathset.dfa(lm.tokenizer))
     return fold_chunks(parts, fold, (0, 0), estimate, total=n, on_chunk=on_chunk)
+
+
+METHOD = Method("hybrid", "exact over prefixes above min_prob, sampled remainder; Clopper-Pearson on the remainder",
+                mass=hybrid_mass, options=("min_prob", "budget"))

@@ -175,22 +175,29 @@ class Moments:
     mean: float = 0.0
     m2: float = 0.0
 
-    def add(self, values) -> None:
+    def add(self, values, weights=None) -> None:
+        """Add ``values``, each standing for ``weights`` (integer counts; default one) observations."""
         values = np.asarray(values, np.float64).ravel()
         if values.size == 0:
             return
-        n, mean = values.size, float(np.mean(values))
-        m2 = float(np.sum((values - mean) ** 2))
+        if weights is None:
+            n, mean = values.size, float(np.mean(values))
+            m2 = float(np.sum((values - mean) ** 2))
+        else:
+            weights = np.asarray(weights, np.int64).ravel()
+            n = int(weights.sum())
+            mean = float(np.dot(weights, values) / n)
+            m2 = float(np.dot(weights, (values - mean) ** 2))
         total = self.n + n
         delta = mean - self.mean
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.n * n / total
         self.n = total
 
-    def plus(self, values) -> Moments:
+    def plus(self, values, weights=None) -> Moments:
         """A new running total with ``values`` added (this one unchanged)."""
         new = dataclasses.replace(self)
-        new.add(values)
+        new.add(values, weights)
         return new
 
     @property

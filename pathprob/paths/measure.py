@@ -11,7 +11,7 @@ import numpy as np
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel
 from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, enumerate_paths
-from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, entropy_mc, mass_mc
+from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, METHODS, entropy_mc, mass_mc, methods_error
 from pathprob.paths.results import Estimate, PathTable, logsumexp64
 from pathprob.paths.sets import PathSet, as_path_set
 
@@ -26,7 +26,14 @@ def _need_n(method: str, n: int | None) -> int:
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> None:
     if method not in allowed:
-        raise PathprobError(f"unknown method {method!r}; choose one of {', '.join(allowed)}")
+        raise methods_error(method, allowed)
+
+
+def enumeration_options(method: str, *, min_prob: float, budget: Budget) -> dict:
+    """The exact-enumeration arguments a Monte-Carlo ``method`` also takes (hybrid's exact head)."""
+    options = METHODS[method].options
+    return {**({"min_prob": min_prob} if "min_prob" in options and min_prob > 0 else {}),
+            **({"budget": budget} if "budget" in options else {})}
 
 
 def set_mass_from_table(table: PathTable, pathset: PathSet) -> tuple[float, float]:
@@ -63,8 +70,7 @@ def mass(
     _check_method(method, EXACT_METHODS + MASS_METHODS)
     pathset = as_path_set(pathset)
     if method in MASS_METHODS:
-        if method == "hybrid":
-            kwargs.update(min_prob=min_prob or 1e-4, budget=budget)
+        kwargs.update(enumeration_options(method, min_prob=min_prob, budget=budget))
         return mass_mc(lm, prompt, pathset, max_new, method=method, n=_need_n(method, n), key=key, **kwargs)
     t0 = time.perf_counter()
     table = enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths,

@@ -25,6 +25,26 @@ OnChunk = Callable[[int, int, Estimate], None]
 
 
 @dataclasses.dataclass(frozen=True)
+class Method:
+    """A Monte-Carlo method: what ``mass`` / ``entropy`` call, and the options each takes.
+
+    ``mass(lm, prompt, pathset, max_new, *, n, key, level, chunk, on_chunk, **options)`` and
+    ``entropy(lm, prompt, max_new, *, n, key, level, chunk, on_chunk, **entropy_options)``
+    return an ``Estimate``; ``None`` when the method does not estimate that quantity.
+    ``options`` named ``min_prob`` or ``budget`` are taken from the caller's exact-enumeration
+    arguments (``pp.mass(..., min_prob=...)``). Each method's module defines its ``METHOD``;
+    ``montecarlo.METHODS`` lists them.
+    """
+
+    name: str
+    summary: str  # one line: what it draws and its interval
+    mass: Callable[..., Estimate] | None
+    entropy: Callable[..., Estimate] | None = None
+    options: tuple[str, ...] = ()
+    entropy_options: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     """The seed, the key's raw data and the start time that every sampled estimate records."""
 
@@ -75,3 +95,10 @@ def fold_chunks(chunks: Iterable, fold: Callable[[Any, Any], Any], state: Any, e
     if running is not None and running.n == folded[1]:
         return running
     return estimate(folded[0])
+
+
+def report_once(estimate: Estimate, on_chunk: OnChunk | None) -> Estimate:
+    """``estimate``, reported to ``on_chunk`` as one chunk: for methods that draw everything at once."""
+    if on_chunk is not None:
+        on_chunk(estimate.n, estimate.n, estimate)
+    return estimate

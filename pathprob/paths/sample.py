@@ -19,7 +19,7 @@ numpy's multinomial for prefixes with many.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -164,6 +164,25 @@ def draw(lm: LanguageModel, prompt: str | Sequence[int], n: int, max_new: int, *
     if policy.handoff is not None:
         parts += _finish(walkers, policy, proposal, finish_key, chunk, meta)
     return Samples.concatenate(parts)
+
+
+def draw_blocks(lm: LanguageModel, prompt: str | Sequence[int], n: int, max_new: int, *, key,
+                chunk: int = DEFAULT_CHUNK, **options) -> Iterator[Samples]:
+    """The n draws of ``draw`` as independent count-based blocks of ``chunk``, 2 ``chunk``, 4 ``chunk``, ... draws.
+
+    Block i draws with ``fold_in(key, i)``; their union has the law of n i.i.d. draws. The
+    sizes double, so 10^9 draws take about 20 walks (each costs the distinct prefixes of its
+    own draws, not its size), and since they do not depend on n, the first blocks of a
+    run are a whole shorter run: a caller folding them reports progress and stops between
+    blocks (Ctrl-C) with the estimate of such a run.
+    """
+    key = as_key(key)[0]
+    chunk_size(n, chunk)  # validates n and chunk
+    done, size, index = 0, int(chunk), 0
+    while done < n:
+        block = min(size, n - done)
+        yield draw(lm, prompt, block, max_new, key=jax.random.fold_in(key, index), chunk=chunk, **options)
+        done, size, index = done + block, 2 * size, index + 1
 
 
 def _finish(walkers: list[Walker], policy: Counting, proposal: Proposal, key, chunk: int, meta: dict

@@ -41,7 +41,7 @@ from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
 from pathprob.paths.intervals import LogMoments, betting_interval, widen
 from pathprob.paths.proposal import Guide, Proposal, allowed_tokens, inverse_cdf, make_guide, restrict
 from pathprob.paths.results import Estimate, logsumexp64
-from pathprob.paths.running import OnChunk, Run, fold_chunks
+from pathprob.paths.running import Method, OnChunk, Run, fold_chunks
 from pathprob.paths.sets import PathSet
 
 MIN_REPLICATES = 8
@@ -224,3 +224,7 @@ def _smc(lm, root, guide, max_new, *, n, key, threshold, particles, level, on_ch
                                                  "in [0, Z_1]"})
 
     return fold_chunks(draw(), fold, (), estimate, total=replicates * size, on_chunk=on_chunk, count=lambda _: size)
+
+
+METHOD = Method("smc", "DFA-guided sequential importance sampling (SMC with resample); betting interval",
+                mass=smc_mass, options=("resample", "particles"))

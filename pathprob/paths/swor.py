@@ -45,7 +45,7 @@ from pathprob.models.base import LanguageModel, State, check_max_new, encode_pro
 from pathprob.paths import frontier
 from pathprob.paths.intervals import clip, widen, z_quantile
 from pathprob.paths.results import Estimate
-from pathprob.paths.running import Run
+from pathprob.paths.running import Method, OnChunk, Run, report_once
 from pathprob.paths.samples import as_key, contains
 from pathprob.paths.sets import PathSet
 
@@ -183,9 +183,12 @@ def _estimate(sample: DistinctSample, f: np.ndarray, f_scale: float, bounds: tup
                                              "bounds"})
 
 
-def swor_mass(lm: LanguageModel, prompt, pathset: PathSet, max_new: int, *, n: int, key,
-              level: float = 0.95) -> Estimate:
-    """P(set) from ``n`` distinct paths (sum over those in the set of p_i / q_i)."""
+def swor_mass(lm: LanguageModel, prompt, pathset: PathSet, max_new: int, *, n: int, key, level: float = 0.95,
+              chunk: int | None = None, on_chunk: OnChunk | None = None) -> Estimate:
+    """P(set) from ``n`` distinct paths (sum over those in the set of p_i / q_i).
+
+    The n paths are drawn as one batch (``chunk`` is not used); ``on_chunk`` hears of the end.
+    """
     key, run = Run.start(key)
     sample = sample_distinct(lm, prompt, n, max_new, key=key)
     inside = contains(pathset, sample.tokens, sample.lengths, lm.tokenizer)
@@ -193,12 +196,13 @@ def swor_mass(lm: LanguageModel, prompt, pathset: PathSet, max_new: int, *, n: i
     bounds = (float(np.sum(p[inside])), max(0.0, 1.0 - float(np.sum(p[~inside]))))
     if sample.complete:
         bounds = (bounds[0], bounds[0])
-    return _estimate(sample, inside.astype(np.float64), 1.0, bounds, estimand="mass", level=level, run=run,
-                     max_new=max_new, hits=int(np.sum(inside)))
+    return report_once(_estimate(sample, inside.astype(np.float64), 1.0, bounds, estimand="mass", level=level,
+                                 run=run, max_new=max_new, hits=int(np.sum(inside))), on_chunk)
 
 
-def swor_entropy(lm: LanguageModel, prompt, max_new: int, *, n: int, key, level: float = 0.95) -> Estimate:
-    """Path entropy (nats) from ``n`` distinct paths (sum of -log p_i · p_i / q_i).
+def swor_entropy(lm: LanguageModel, prompt, max_new: int, *, n: int, key, level: float = 0.95,
+                 chunk: int | None = None, on_chunk: OnChunk | None = None) -> Estimate:
+    """Path entropy (nats) from ``n`` distinct paths (sum of -log p_i · p_i / q_i), drawn as one batch.
 
     Proven bounds: the listed paths' own terms plus, for the unlisted mass r (no path
     of which exceeds r), at least r log(1/r) and at most r log(N / r), N paths in all.
@@ -209,5 +213,9 @@ def swor_entropy(lm: LanguageModel, prompt, max_new: int, *, n: int, key, level:
     rest = 0.0 if sample.complete else max(0.0, -math.expm1(float(np.logaddexp.reduce(sample.logp))))
     log_rest = math.log(rest) if rest > 0 else 0.0
     bounds = (listed - rest * log_rest, listed + rest * (log_num_paths(lm.vocab_size, max_new) - log_rest))
-    return _estimate(sample, -sample.logp, float(np.max(-sample.logp, initial=0.0)), bounds, estimand="entropy",
-                     level=level, run=run, max_new=max_new)
+    return report_once(_estimate(sample, -sample.logp, float(np.max(-sample.logp, initial=0.0)), bounds,
+                                 estimand="entropy", level=level, run=run, max_new=max_new), on_chunk)
+
+
+METHOD = Method("swor", "n distinct paths without replacement (n = k); proven bounds and a normal interval",
+                mass=swor_mass, entropy=swor_entropy)

@@ -12,19 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pathprob.errors import BadPromptError
-from pathprob.models.base import LanguageModel, is_count, take_paths
+from pathprob.models.base import LanguageModel, is_count
 from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, listed_paths_bound, monte_carlo
 from pathprob.paths.enumerate import check_request
 from pathprob.paths.results import PathTable, log1mexp, logsumexp64
-
-_gather = jax.jit(take_paths)
-
 
 class _Node:
     """A prefix or path of the top-k search, stored by parent pointer: the same few bytes at any depth.
@@ -104,7 +100,6 @@ def top_k(
     root = _Node(None, -1)
     root.slot = 0
     used = 1
-    identity_c = jnp.arange(chunk, dtype=jnp.int32)
     heap: list = []  # entries (-logp, kind, node); kind 0 = live prefix, 1 = complete path
 
     def push_children(parent: _Node, logp: float, next_logprobs_V: np.ndarray) -> None:
@@ -142,10 +137,8 @@ def top_k(
         for i, (_, _, node) in enumerate(batch):
             parent_c[i], token_c[i] = node.parent.slot, node.token
             node.slot = used + i
-        # Gather the parents first: then the model step compiles once per chunk shape, and only the
-        # gather (a small program) once per pool capacity.
-        parents = _gather(pool, jnp.asarray(parent_c))
-        child, logprobs_cV = frontier.expand(lm, parents, identity_c, jnp.asarray(token_c))
+        parents = pool.replace(paths=frontier.gather(pool.paths, jnp.asarray(parent_c)))
+        child, logprobs_cV = frontier.advance(lm, parents, jnp.asarray(token_c))
         pool = pool.replace(paths=frontier.write(pool.paths, child.paths, jnp.int32(used)))
         logprobs_cV = np.asarray(logprobs_cV, np.float64)
         for i, (neg_logp, _, node) in enumerate(batch):
