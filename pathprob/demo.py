@@ -24,6 +24,7 @@ import pathprob as pp
 from pathprob import report as sections
 from pathprob.paths.montecarlo import MASS_METHODS
 from pathprob.paths.results import format_estimate
+from pathprob.plots.page import Report
 from pathprob.errors import CheckpointError
 
 NARROWING_SHOTS = (0, 1, 2, 4, 8)
@@ -93,7 +94,7 @@ def run_demo(console: Console, checkpoints: Path | None = None, *, out_dir: Path
     model, arith_model = pp.open_model(root / "concepts"), pp.open_model(root / "arith")
     truth = concepts.truth()
     max_new = concepts.example_len + 1  # the next example and its separator
-    page = sections.Report("pathprob demo: a language model as a distribution over paths")
+    page = Report("pathprob demo: a language model as a distribution over paths")
     page.add_text(
         f"Models from {root}. A path is what follows a prompt, up to {max_new} tokens (one example of the "
         "concepts language and its separator) or EOS. Exact numbers come with proven bounds; Monte-Carlo numbers "

@@ -103,7 +103,6 @@ def _sample(logprobs_BV: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def make_variants(lm: TransformerLM, prompt_P: np.ndarray, batch: int, new: int):
-    model = lm.module
     P = prompt_P.shape[0]
 
     @jax.jit

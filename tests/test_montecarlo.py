@@ -17,6 +17,7 @@ deterministic; the probability says how unlucky the chosen seeds would have to b
   0.03 with 64 replicates per n; the test allows ±0.15 (5 standard errors, < 1e-6).
 """
 
+import inspect
 import itertools
 import math
 import re
@@ -497,4 +498,21 @@ def test_clear_errors(lm):
     with pytest.raises(PathprobError, match="estimator"):
         entropy_mc(lm, PROMPT, MAX_NEW, n=10, key=0, estimator="magic")
     assert set(montecarlo.MASS_METHODS) == {"mc", "is", "smc", "swor", "hybrid"}
+    assert set(montecarlo.ENTROPY_METHODS) == {"mc", "swor"}
     assert smc.MIN_REPLICATES >= 2
+
+
+def test_every_method_has_the_one_signature():
+    """The registry's functions take the shared keywords plus exactly their declared options."""
+    shared = {"n", "key", "level", "chunk", "on_chunk"}
+    for name, method in montecarlo.METHODS.items():
+        assert method.name == name and method.summary
+        for fn, positional, options in [(method.mass, ["lm", "prompt", "pathset", "max_new"], method.options),
+                                        (method.entropy, ["lm", "prompt", "max_new"], method.entropy_options)]:
+            if fn is None:
+                continue
+            params = inspect.signature(fn).parameters
+            assert [p for p in params if params[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD][:len(positional)] \
+                == positional, name
+            keywords = {p for p, v in params.items() if v.kind == inspect.Parameter.KEYWORD_ONLY}
+            assert keywords == shared | set(options), (name, keywords ^ (shared | set(options)))
