@@ -105,14 +105,8 @@ def _open(target: str):
 
 
 def _horizon(language) -> int:
-    """Path length: the next example and its separator (arith: the answer, ';' and the next statement)."""
-    if hasattr(language, "example_len"):
-        return language.example_len + 1
-    if language.name == "arith":
-        from pathprob.data.arith import STATEMENT_LEN
-
-        return STATEMENT_LEN + 2
-    return 8
+    """Path length: the rest of the example a prompt ends inside, then the next example and its separator."""
+    return language.prompt_tail + language.example_tokens
 
 
 def model_section(report: Report, facts: dict) -> None:

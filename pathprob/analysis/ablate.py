@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathprob.analysis import internals
-from pathprob.data.languages import get_language
+from pathprob.data.languages import get_language, language_with_tokenizer
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, estimate_work, listed_paths_bound
@@ -45,11 +45,10 @@ def language_of(lm: LanguageModel, language: str | None):
     """The language named ``language``, or the built-in one whose tokenizer the model uses."""
     if language is not None:
         return get_language(language)
-    for name in ("concepts", "arith"):
-        candidate = get_language(name)
-        if candidate.tokenizer == lm.tokenizer:
-            return candidate
-    raise PathprobError("cannot tell the model's language from its tokenizer; pass language= (e.g. text:PATH)")
+    found = language_with_tokenizer(lm.tokenizer)
+    if found is None:
+        raise PathprobError("cannot tell the model's language from its tokenizer; pass language= (e.g. text:PATH)")
+    return found
 
 
 @functools.partial(jax.jit, static_argnames=("attention",))

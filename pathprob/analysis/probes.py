@@ -55,7 +55,6 @@ from pathprob.paths.sets import PathSet, Regex
 
 DEFAULT_SHOTS = (0, 2, 6)  # in-context examples of the default probe prompts (as in the demo)
 DEFAULT_PROMPT_SEED = 1
-DEFAULT_SETS = {"arith": ("correct",), "concepts": ("seen",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,34 +73,22 @@ class ProbeSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def default_max_new(language) -> int:
-    """The length of one example: ``concepts`` example_len + SEP; ``arith`` one statement; else 8."""
-    if hasattr(language, "example_len"):
-        return int(language.example_len) + 1
-    if language.name == "arith":
-        from pathprob.data.arith import STATEMENT_LEN
-
-        return STATEMENT_LEN
-    return 8
-
-
 def default_prompts(language) -> tuple[str, ...]:
     """One prompt with 0, 2 and 6 in-context examples (fewer if the language's documents are shorter)."""
-    limit = getattr(language, "n_examples", getattr(language, "n_statements", 7)) - 1
-    shots = sorted({min(k, limit) for k in DEFAULT_SHOTS})
+    shots = sorted({min(k, language.max_examples) for k in DEFAULT_SHOTS})
     return tuple(language.prompts(k, n=1, seed=DEFAULT_PROMPT_SEED)[0] for k in shots)
 
 
 def probe_spec(cfg: TrainConfig, language) -> ProbeSpec:
     """The probes of a training config, with the language's defaults for the fields left empty.
 
-    Defaults: ``default_prompts`` (0, 2, 6 examples), ``default_max_new`` (one example),
-    the language's natural set (arith: ``correct``; concepts: ``seen``).
+    Defaults: ``default_prompts`` (0, 2, 6 examples), one example (``language.example_tokens``),
+    the language's natural sets (arith: ``correct``; concepts: ``seen``).
     """
-    sets = cfg.probe_sets if cfg.probe_sets is not None else DEFAULT_SETS.get(language.name, ())
+    sets = cfg.probe_sets if cfg.probe_sets is not None else language.natural_sets
     return ProbeSpec(
         prompts=cfg.probe_prompts or default_prompts(language), sets=tuple(sets),
-        max_new=cfg.probe_max_new or default_max_new(language), min_prob=cfg.probe_min_prob, track=cfg.probe_track,
+        max_new=cfg.probe_max_new or language.example_tokens, min_prob=cfg.probe_min_prob, track=cfg.probe_track,
     )
 
 

@@ -34,6 +34,13 @@ class Arith:
     n_statements: int = 10
     name: str = "arith"
     path_set_names: ClassVar[tuple[str, ...]] = ("any", "correct")
+    natural_sets: ClassVar[tuple[str, ...]] = ("correct",)
+    example_tokens: ClassVar[int] = STATEMENT_LEN
+    prompt_tail: ClassVar[int] = 2  # prompts end in ``a+b=``: the answer and ';' are to come
+
+    @property
+    def max_examples(self) -> int:
+        return self.n_statements - 1
 
     def __post_init__(self):
         if not 2 <= self.modulus <= 10:

@@ -28,6 +28,10 @@ class Language(Protocol):
     tokenizer: Tokenizer
     max_len: int
     path_set_names: tuple[str, ...]
+    natural_sets: tuple[str, ...]  # the named sets an analysis measures by default (e.g. training probes)
+    example_tokens: int  # tokens of one example, its separator included: the default path length
+    prompt_tail: int  # tokens of the example a ``prompts()`` prompt ends inside that are still to come
+    max_examples: int  # the most in-context examples a ``prompts()`` prompt can hold
 
     def sample(self, key: jax.Array, n: int) -> np.ndarray:
         """int32[n, max_len]: n training documents padded with -1, deterministic in ``key``."""

@@ -166,6 +166,16 @@ class Concepts:
     sparse: bool = False
     name: str = "concepts"
     path_set_names: ClassVar[tuple[str, ...]] = ("any", "repeat", "seen")
+    natural_sets: ClassVar[tuple[str, ...]] = ("seen",)
+    prompt_tail: ClassVar[int] = 0  # prompts end after a separator
+
+    @property
+    def example_tokens(self) -> int:
+        return self.example_len + 1
+
+    @property
+    def max_examples(self) -> int:
+        return self.n_examples - 1
 
     def __post_init__(self):
         for field in ("n_concepts", "n_states", "n_letters", "example_len", "n_examples", "family_size"):

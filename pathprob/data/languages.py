@@ -10,7 +10,8 @@ from pathprob.errors import UnknownSpecError
 
 LANGUAGE_NAMES = ("concepts", "concepts-sparse", "arith", "text:PATH")
 
-__all__ = ["LANGUAGE_NAMES", "Arith", "Concepts", "Language", "Text", "TextFileError", "get_language"]
+__all__ = ["LANGUAGE_NAMES", "Arith", "Concepts", "Language", "Text", "TextFileError", "get_language",
+           "language_with_tokenizer"]
 
 
 def get_language(name: str) -> Concepts | Arith | Text:
@@ -24,3 +25,9 @@ def get_language(name: str) -> Concepts | Arith | Text:
     if name.startswith("text:") and len(name) > len("text:"):
         return Text(name.removeprefix("text:"))
     raise UnknownSpecError(f"unknown language {name!r}; valid names: {', '.join(LANGUAGE_NAMES)}")
+
+
+def language_with_tokenizer(tokenizer) -> Language | None:
+    """The first built-in language (without a file) whose tokenizer is ``tokenizer``, or None."""
+    return next((get_language(name) for name in LANGUAGE_NAMES if not name.endswith(":PATH")
+                 and get_language(name).tokenizer == tokenizer), None)

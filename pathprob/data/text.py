@@ -53,6 +53,10 @@ class Text:
     max_len: int = 64
     text: str = dataclasses.field(init=False, repr=False, compare=False)
     path_set_names: ClassVar[tuple[str, ...]] = ("any",)
+    natural_sets: ClassVar[tuple[str, ...]] = ()
+    example_tokens: ClassVar[int] = 8  # text has no examples: eight characters
+    prompt_tail: ClassVar[int] = 0
+    max_examples: ClassVar[int] = 6  # ``prompts`` ignores the number of examples
 
     def __post_init__(self):
         if self.max_len < 2:
