@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import pathprob as pp
 from pathprob.cli import app, common
 from pathprob.files import loads_strict
-from pathprob.paths import ancestral
+from pathprob.paths import sample
 from pathprob.paths.results import format_estimate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,21 +234,22 @@ def test_ctrl_c_prints_and_writes_the_estimate_so_far(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_between_chunks_of_a_real_run(monkeypatch):
-    """Ctrl-C while the second chunk is drawn: the estimator answers with the first chunk's estimate."""
-    to_samples, chunks = ancestral.to_samples, []
+    """Ctrl-C while the second block of draws is made: the estimator answers with the first block's estimate."""
+    draw, blocks = sample.draw, []
 
-    def ctrl_c_in_second_chunk(*args, **kwargs):
-        chunks.append(len(chunks))
-        if len(chunks) == 2:
+    def ctrl_c_in_second_block(*args, **kwargs):
+        blocks.append(len(blocks))
+        if len(blocks) == 2:
             raise KeyboardInterrupt
-        return to_samples(*args, **kwargs)
+        return draw(*args, **kwargs)
 
-    monkeypatch.setattr(ancestral, "to_samples", ctrl_c_in_second_chunk)
+    monkeypatch.setattr(sample, "draw", ctrl_c_in_second_block)
     result = invoke("mass", "truth:arith", "--prompt", "^1+2=", "--regex", "3.*", "--max-new", 2, "--method", "mc",
                     "-n", 10_000, "--json", "-")
     assert result.exit_code == 130, result.output
     est = loads_strict(result.stdout)
-    assert est["interrupted"] and est["n"] == 4096 and est["value"] == 1.0 and est["lower"] < 1.0  # Wilson, 4096 hits
+    # Clopper-Pearson with 4096 hits of 4096: value 1, lower bound (0.025)^(1/4096) < 1.
+    assert est["interrupted"] and est["n"] == 4096 and est["value"] == 1.0 and est["lower"] < 1.0
     assert result.stderr.splitlines() == ["interrupted after 4,096 of 10,000 samples"]
 
 
