@@ -10,8 +10,9 @@ from pathprob.analysis.narrowing import NarrowingCurve, narrowing_curve
 from pathprob.analysis.walk import Geometry, Walk, geometry, walk
 from pathprob.compile_cache import enable_compile_cache
 from pathprob.config import ModelConfig, TrainConfig
+from pathprob.data.hf_tokenizer import HFTokenizer
 from pathprob.data.languages import get_language
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer, Tokenizer
 from pathprob.errors import (
                              BadPromptError,
                              BudgetExceededError,
@@ -38,7 +39,8 @@ __all__ = [
     "Ablation", "Comparison", "ConceptTest", "Dynamics", "Geometry", "NarrowingCurve", "Walk", "ablate", "compare",
     "concept_test", "enumerate_many", "geometry", "narrowing_curve", "training_dynamics", "walk",
     "Budget", "Estimate", "Samples", "kl", "sample", "PathSet", "PathTable", "Predicate", "Regex", "entropy", "enumerate_paths", "mass", "top_k",
-    "BadPromptError", "BudgetExceededError", "CheckpointError", "LanguageModel", "ModelConfig", "PathprobError",
-    "State", "Tokenizer", "TrainConfig", "TrainingError", "Transformer", "TransformerLM", "UnknownSpecError",
+    "BadPromptError", "BudgetExceededError", "CharTokenizer", "CheckpointError", "HFTokenizer", "LanguageModel",
+    "ModelConfig", "PathprobError", "State", "Tokenizer", "TrainConfig", "TrainingError", "Transformer",
+    "TransformerLM", "UnknownSpecError",
     "describe_model", "enable_compile_cache", "get_language", "open_model", "score", "train",
 ]

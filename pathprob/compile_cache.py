@@ -6,6 +6,10 @@ once is read back from disk by later processes. Where: ``$PATHPROB_CACHE_DIR``, 
 ``$XDG_CACHE_HOME/pathprob/jax``, else ``~/.cache/pathprob/jax``. ``PATHPROB_CACHE_DIR=off``
 (or ``0``, ``none``) turns it off. The library does not turn it on by itself: a notebook
 calls ``pathprob.enable_compile_cache()`` if it wants it.
+
+The same directory keeps, in ``automata/``, the token automata of regexes over large
+vocabularies (``pathprob.paths.token_automaton``); those are always read and written
+there unless the cache is turned off.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ def cache_dir() -> Path | None:
         return None if value.strip().lower() in _OFF else Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "pathprob" / "jax"
+
+
+def automata_dir() -> Path | None:
+    """Where token automata of regexes are kept (``automata/`` in ``cache_dir()``); None when turned off."""
+    where = cache_dir()
+    return None if where is None else where / "automata"
 
 
 def enable_compile_cache(path: str | Path | None = None) -> Path | None:

@@ -44,7 +44,31 @@ def _str_tuple(obj: Any, name: str, value: Any) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A decoder-only Transformer (pre-LayerNorm, GELU MLP, causal attention)."""
+    """A decoder-only Transformer: GPT-2, GPT-NeoX/Pythia and Llama-family layouts in one description.
+
+    The defaults are the model pathprob trains (pre-LayerNorm with epsilon 1e-6, biases, tanh-GELU
+    MLP, learned positions, tied unembedding, float32): a stored config without the newer fields
+    means exactly what it meant before they existed.
+
+    Fields (D = ``d_model``, H = ``n_heads``, Dh = D / H):
+      positional: ``learned`` absolute position embeddings or ``rope`` (rotate-half rotary).
+      rotary_fraction: the fraction of each head's Dh dimensions that rope rotates (NeoX
+        ``rotary_pct``); the first ``rotary_dim`` dimensions are rotated, the rest pass through.
+      rope_theta: the rope base (frequencies ``rope_theta ** (-2i / rotary_dim)``).
+      rope_llama3_scaling: Llama-3 rope scaling as ``(factor, low_freq_factor, high_freq_factor,
+        original_max_position_embeddings)``, or None for plain rope.
+      parallel_residual: ``x + attn(ln1(x)) + mlp(ln2(x))`` (NeoX) instead of two sequential
+        residual updates.
+      norm, norm_eps: ``layernorm`` or ``rmsnorm`` and its epsilon.
+      use_bias: biases on every linear layer (and the LayerNorms); qkv_bias overrides it for the
+        q/k/v projection alone (Qwen2: q/k/v biases, no others); None follows use_bias.
+      mlp: ``gelu_tanh`` (tanh approximation, ``jax.nn.gelu``'s default), ``gelu_exact`` (erf),
+        or ``swiglu`` (``silu(gate) * up``, gate and up fused in one projection of width 2 * d_ff).
+      n_kv_heads: key/value heads for grouped-query attention (None: ``n_heads``, plain multi-head).
+      tie_embeddings: the unembedding is the token embedding transposed.
+      dtype, param_dtype: the compute and the parameter dtypes; logits and log-softmax are float32
+        in every case.
+    """
 
     vocab_size: int
     max_len: int
@@ -55,26 +79,87 @@ class ModelConfig:
     positional: Literal["learned", "rope"] = "learned"
     tie_embeddings: bool = True
     dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    rotary_fraction: float = 1.0
+    rope_theta: float = 10000.0
+    rope_llama3_scaling: tuple[float, float, float, int] | None = None
+    parallel_residual: bool = False
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-6
+    use_bias: bool = True
+    qkv_bias: bool | None = None
+    mlp: Literal["gelu_tanh", "gelu_exact", "swiglu"] = "gelu_tanh"
+    n_kv_heads: int | None = None
 
     def __post_init__(self):
         _positive(self, "vocab_size", "max_len", "d_model", "n_layers", "n_heads", "d_ff")
         _one_of(self, "positional", ("learned", "rope"))
         _one_of(self, "dtype", ("float32", "bfloat16"))
+        _one_of(self, "param_dtype", ("float32", "bfloat16"))
+        _one_of(self, "norm", ("layernorm", "rmsnorm"))
+        _one_of(self, "mlp", ("gelu_tanh", "gelu_exact", "swiglu"))
+        for name in ("tie_embeddings", "parallel_residual", "use_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.qkv_bias is not None and not isinstance(self.qkv_bias, bool):
+            raise ConfigError(f"ModelConfig.qkv_bias must be true, false or None, got {self.qkv_bias!r}")
+        _finite(self, "rotary_fraction", lambda value: 0.0 < value <= 1.0, "in (0, 1]")
+        _finite(self, "rope_theta", lambda value: value > 1.0, "> 1")
+        _finite(self, "norm_eps", lambda value: 0.0 < value < 1.0, "in (0, 1)")
         if self.d_model % self.n_heads:
             raise ConfigError(f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.positional == "rope" and (self.d_model // self.n_heads) % 2:
-            raise ConfigError("ModelConfig.n_heads: rope needs an even head dimension d_model // n_heads")
+        if self.n_kv_heads is not None:
+            _positive(self, "n_kv_heads")
+            if self.n_heads % self.n_kv_heads:
+                raise ConfigError(f"ModelConfig.n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        if self.positional == "rope" and (self.rotary_dim == 0 or self.rotary_dim % 2):
+            raise ConfigError(f"ModelConfig.rotary_fraction: rope needs an even, positive number of rotated "
+                              f"dimensions, got int({self.head_dim} * {self.rotary_fraction}) = {self.rotary_dim}")
+        if self.rope_llama3_scaling is not None:
+            object.__setattr__(self, "rope_llama3_scaling", _llama3_scaling(self.rope_llama3_scaling))
+            if self.positional != "rope":
+                raise ConfigError("ModelConfig.rope_llama3_scaling needs positional = 'rope'")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_heads``, or ``n_heads`` when it is None."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many of each head's dimensions rope rotates (NeoX: ``int(head_dim * rotary_pct)``)."""
+        return int(self.head_dim * self.rotary_fraction)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-shaped fields (the rope scaling tuple as a list)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, fields: dict) -> ModelConfig:
+        """Missing fields (configs stored before they existed) take their defaults."""
         return cls(**fields)
+
+
+def _llama3_scaling(value: Any) -> tuple[float, float, float, int]:
+    """``(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`` checked, as a tuple."""
+    try:
+        factor, low, high, original = value
+        ok = (all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+              and factor >= 1.0 and 0.0 < low < high and isinstance(original, int) and original > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError("ModelConfig.rope_llama3_scaling must be (factor >= 1, 0 < low_freq_factor < "
+                          f"high_freq_factor, original_max_position_embeddings > 0), got {value!r}")
+    return float(factor), float(low), float(high), int(original)
 
 
 @dataclasses.dataclass(frozen=True)

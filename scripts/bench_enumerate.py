@@ -25,13 +25,13 @@ import numpy as np
 
 import pathprob as pp
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.transformer import TransformerLM, init_transformer
 
 
 def make_lm(vocab: int, max_len: int, d_model: int = 128, n_layers: int = 2) -> TransformerLM:
     letters = tuple(chr(ord("a") + i) if i < 26 else chr(0x3B1 + i - 26) for i in range(vocab - 1))
-    tokenizer = Tokenizer(tokens=letters + ("$",), eos="$")
+    tokenizer = CharTokenizer(tokens=letters + ("$",), eos="$")
     cfg = ModelConfig(vocab_size=vocab, max_len=max_len, d_model=d_model, n_layers=n_layers, n_heads=4,
                       d_ff=4 * d_model)
     return TransformerLM.from_module(init_transformer(cfg, 0), tokenizer)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.base import repeat_paths
 from pathprob.models.transformer import TransformerLM, init_transformer
 
@@ -141,7 +141,7 @@ def make_variants(lm: TransformerLM, prompt_P: np.ndarray, batch: int, new: int)
 
 def bench(cfg: ModelConfig, *, batch: int, prompt: int, new: int, rounds: int, peak_n: int,
           naive_rounds: int | None = None, only_teacher_forced: bool = False) -> dict:
-    tokenizer = Tokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
+    tokenizer = CharTokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
     lm = TransformerLM.from_module(init_transformer(cfg, 0), tokenizer)
     prompt_P = np.random.default_rng(0).integers(0, VOCAB, prompt).astype(np.int32)
     variants = make_variants(lm, prompt_P, batch, new)

@@ -52,7 +52,7 @@ from bench_model import VOCAB, interleaved_rounds
 
 import pathprob as pp
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.files import dumps
 from pathprob.models.base import repeat_paths, start_one
 from pathprob.models.transformer import TransformerLM, init_transformer
@@ -63,7 +63,7 @@ from pathprob.paths.trie import Budget
 
 TOL = 1e-4
 LN_EPS = 1e-6  # flax nnx.LayerNorm's default epsilon
-TOKENIZER = Tokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
+TOKENIZER = CharTokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
 
 
 def log(*args) -> None:

@@ -35,12 +35,12 @@ from bench_model import VOCAB, forward_flops_per_token, interleaved_rounds
 
 import pathprob as pp
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.paths import frontier, proposal, sample
 from pathprob.paths.montecarlo import mass_mc
 
-TOKENIZER = Tokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
+TOKENIZER = CharTokenizer(tokens=tuple(chr(ord("A") + i) for i in range(VOCAB - 1)) + ("$",), eos="$")
 
 
 def make_lm(d_model: int, n_layers: int, d_ff: int, max_len: int, seed: int = 0) -> TransformerLM:

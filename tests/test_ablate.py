@@ -11,11 +11,11 @@ import pathprob as pp
 from pathprob.analysis.ablate import ablate, eval_loss, path_logp
 from pathprob.paths.divergence import listed_rest, lumped_kl
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.training import cross_entropy
 
-TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
+TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
 DOCS = np.array([[0, 1, 2, 3, 4, -1], [0, 3, 3, 1, 2, 4], [0, 2, 4, -1, -1, -1]], np.int32)
 
 

@@ -27,7 +27,7 @@ from pathprob.analysis.supports import (
 )
 from pathprob.config import ModelConfig
 from pathprob.data.concepts import Concepts
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.demo import find_checkpoints
 from pathprob.files import dumps
 from pathprob.models.transformer import TransformerLM, init_transformer
@@ -35,7 +35,7 @@ from pathprob.paths import frontier
 from pathprob.paths.enumerate import Budget, enumerate_many
 from pathprob.paths.intervals import t_quantile
 
-TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
+TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
 CFG = ModelConfig(vocab_size=6, max_len=16, d_model=16, n_layers=1, n_heads=2, d_ff=32)  # small: compiles fast
 PROMPTS = ["^ab", "^abcd", "^c", "^a"]  # shared BOS, different lengths, one a prefix of another
 MAX_NEW = 3

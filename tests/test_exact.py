@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 
 import pathprob as pp
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.errors import BadPromptError, BudgetExceededError
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.paths import frontier
 from pathprob.paths.enumerate import Budget
 
-TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
+TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
 CFG = ModelConfig(vocab_size=6, max_len=16, d_model=32, n_layers=2, n_heads=4, d_ff=64)
-NO_EOS_TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
+NO_EOS_TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
 
 
 def random_lm(seed: int, tokenizer=TOKENIZER) -> TransformerLM:

@@ -19,7 +19,7 @@ from pathprob.analysis.convergence import convergence
 from pathprob.cli import app
 from pathprob.config import ModelConfig
 from pathprob.data.concepts import Concepts
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.demo import FAST as DEMO_FAST
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.plots import paths as figures
@@ -28,7 +28,7 @@ from pathprob.plots.paths import NARROWING_STYLE
 from pathprob.paths.results import format_estimate, format_interval
 from pathprob.report import FAST, Report, convergence_section
 
-TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
+TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "$"), eos="$", bos="^")
 CFG = ModelConfig(vocab_size=5, max_len=12, d_model=16, n_layers=1, n_heads=2, d_ff=32)
 PROMPT = "^ab"
 MAX_NEW = 3

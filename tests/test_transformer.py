@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.base import repeat_paths, start_one, take_paths
 
 start = jax.jit(lambda lm, prompt, capacity: start_one(lm, prompt, capacity), static_argnames="capacity")
@@ -17,7 +17,7 @@ next_logprobs = jax.jit(lambda lm, state: lm.next_logprobs(state))
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.paths.score import score
 
-TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
+TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
 V = TOKENIZER.vocab_size
 
 CONFIGS = [

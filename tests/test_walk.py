@@ -13,12 +13,12 @@ from pathprob.analysis import internals
 from pathprob.analysis.walk import geometry, walk
 from pathprob.cli import app
 from pathprob.config import ModelConfig
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.base import start_one
 from pathprob.models.transformer import TransformerLM, init_transformer
 from pathprob.plots.embedding import lens_figure, walk_figure
 
-TOKENIZER = Tokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
+TOKENIZER = CharTokenizer(tokens=("^", "a", "b", "c", "d", "$"), eos="$", bos="^")
 
 
 def random_lm(seed=0, **overrides) -> TransformerLM:
@@ -27,7 +27,10 @@ def random_lm(seed=0, **overrides) -> TransformerLM:
     return TransformerLM.from_module(init_transformer(cfg, seed), TOKENIZER)
 
 
-CONFIGS = [{}, {"positional": "rope", "tie_embeddings": False}]
+CONFIGS = [{}, {"positional": "rope", "tie_embeddings": False},
+           # GPT-NeoX: partial rotary, parallel residual; Llama: RMSNorm, SwiGLU, grouped-query, no biases
+           {"positional": "rope", "rotary_fraction": 0.25, "parallel_residual": True, "mlp": "gelu_exact"},
+           {"positional": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_heads": 2, "use_bias": False}]
 TOKENS = jax.random.randint(jax.random.key(1), (3, 9), 0, 6)
 
 
@@ -58,20 +61,26 @@ def test_overrides_against_references():
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     np.testing.assert_allclose(trace.attn_BNTD[:, 0], weights @ x, rtol=1e-5, atol=1e-5)
-    # with zero queries every causal score is 0: the model's softmax is uniform, so "uniform" equals it
-    params = jax.tree.map(lambda a: a, lm.params)
-    for block in range(2):
-        kernel = params["blocks"][block]["qkv"]["kernel"]
-        kernel[...] = kernel[...].at[:, :32].set(0.0)
-        bias = params["blocks"][block]["qkv"]["bias"]
-        bias[...] = bias[...].at[:32].set(0.0)
-    flat = lm.replace(params=params)
-    np.testing.assert_allclose(internals.forward(flat, TOKENS, attention=("uniform", "uniform")).logits_BTV,
-                               internals.forward(flat, TOKENS).logits_BTV, rtol=0, atol=2e-5)
     with pytest.raises(pp.PathprobError, match="unknown attention mode"):
         internals.attention_plan(2, "mean")
     with pytest.raises(pp.PathprobError, match="layers \\[5\\]"):
         internals.attention_plan(2, "none", [5])
+
+
+@pytest.mark.parametrize("overrides", [CONFIGS[0], CONFIGS[3]])  # heads of their own, and grouped-query
+def test_uniform_attention_is_the_model_with_zero_queries(overrides):
+    """With zero queries every causal score is 0: the model's softmax is uniform, so "uniform" equals it."""
+    lm = random_lm(**overrides)
+    params = jax.tree.map(lambda a: a, lm.params)
+    for block in range(2):
+        kernel = params["blocks"][block]["qkv"]["kernel"]
+        kernel[...] = kernel[...].at[:, :32].set(0.0)  # the query columns (n_heads x head_dim = 32)
+        if "bias" in params["blocks"][block]["qkv"]:
+            bias = params["blocks"][block]["qkv"]["bias"]
+            bias[...] = bias[...].at[:32].set(0.0)
+    flat = lm.replace(params=params)
+    np.testing.assert_allclose(internals.forward(flat, TOKENS, attention=("uniform", "uniform")).logits_BTV,
+                               internals.forward(flat, TOKENS).logits_BTV, rtol=0, atol=2e-5)
 
 
 def _kv_logprobs(lm, prompt, path):

@@ -85,7 +85,8 @@ def _attention_write(block, x_BTD: jax.Array, pos_BT: jax.Array, mode: str | Non
     if mode == "none":
         return jnp.zeros_like(x_BTD)
     if mode == "uniform":
-        _, _, v_BTHd = block.qkv_heads(x_BTD, pos_BT)
+        _, _, v_BTKd = block.qkv_heads(x_BTD, pos_BT)
+        v_BTHd = jnp.repeat(v_BTKd, block.cfg.n_heads // block.cfg.kv_heads, axis=2)  # grouped-query: shared heads
         weights_TT = (causal_TT / jnp.arange(1, T + 1)[:, None]).astype(v_BTHd.dtype)
         mixed_BTD = jnp.einsum("ts,bshd->bthd", weights_TT, v_BTHd).reshape(B, T, D)
         return block.proj(mixed_BTD)
@@ -118,9 +119,8 @@ def forward(lm: TransformerLM, tokens_BT: jax.Array | None = None, *, embeds_BTD
     resid, attn, mlp = [x], [], []
     for block, mode in zip(model.blocks, attention, strict=True):
         write_BTD = _attention_write(block, x, pos_BT, mode)
-        x = x + write_BTD
-        mlp_BTD = block.mlp(x)
-        x = x + mlp_BTD
+        mlp_BTD = block.mlp(x if block.cfg.parallel_residual else x + write_BTD)  # as in Block.residual
+        x = x + write_BTD + mlp_BTD
         resid.append(x)
         attn.append(write_BTD)
         mlp.append(mlp_BTD)

@@ -187,7 +187,19 @@ def plot_option(help: str):
     return typer.Option("--plot", callback=output_file, help=help)
 
 
-Spec = Annotated[str, typer.Argument(help="A run/checkpoint directory, or truth:LANGUAGE (e.g. truth:concepts).")]
+Spec = Annotated[str, typer.Argument(help="A run/checkpoint directory, truth:LANGUAGE (e.g. truth:concepts), or "
+                                          "hf:DIR (a local Hugging Face model directory).")]
+
+
+def _dtype(text: str) -> str:
+    if text not in ("float32", "bfloat16"):
+        raise typer.BadParameter(f"must be float32 or bfloat16, got {text!r}")
+    return text
+
+
+Dtype = Annotated[str | None, typer.Option("--dtype", parser=_dtype, help="Weight dtype of a Transformer: float32 or "
+                                           "bfloat16 (default: as stored; float32 for hf:DIR). Log-probabilities "
+                                           "stay float32.")]
 JsonOut = Annotated[Path | None, typer.Option("--json", callback=output_file,
                                                  help="Write the result as JSON to FILE ('-' = stdout).")]
 Prompt = Annotated[str, typer.Option(help="Prompt text (BOS is added when missing).")]

@@ -11,6 +11,7 @@ from rich.table import Table
 import pathprob as pp
 from pathprob.cli.common import (
     ChunkProgress,
+    Dtype,
     JsonOut,
     LevelProgress,
     MaxNew,
@@ -37,9 +38,10 @@ from pathprob.paths.samples import Samples as SampleSet
 
 
 @command
-def info(spec: Spec, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """Describe a model: config, step, parameter count, eval loss."""
-    facts = pp.describe_model(spec)
+def info(spec: Spec, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+         dtype: Dtype = None):
+    """Describe a model: family or config, step, parameter count, weight dtype and memory, eval loss."""
+    facts = pp.describe_model(spec, dtype=dtype)
     if as_json:
         print(dumps(facts, indent=2))
         return
@@ -55,9 +57,10 @@ def score(
     prompt: Annotated[str, typer.Option(help="Prompt text (BOS is added when missing).")],
     continuation: Annotated[list[str], typer.Option(help="Continuation text; repeat for several.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    dtype: Dtype = None,
 ):
     """log P(continuation | prompt) for each continuation."""
-    lm = pp.open_model(spec)
+    lm = pp.open_model(spec, dtype=dtype)
     logps = pp.score(lm, prompt, continuation)
     if as_json:
         print(dumps([{"continuation": c, "logp": float(lp)} for c, lp in zip(continuation, logps)], indent=2))
@@ -73,9 +76,10 @@ def score(
 def enumerate_(
     spec: Spec, prompt: Prompt, max_new: MaxNew, min_prob: MinProb = 0.0, max_paths: MaxPaths = None,
     show: Annotated[int, typer.Option(min=0, help="Rows to print.")] = 30, json_out: JsonOut = None,
+    dtype: Dtype = None,
 ):
     """List every path above --min-prob with its exact probability, and the certified remainder."""
-    lm = pp.open_model(spec)
+    lm = pp.open_model(spec, dtype=dtype)
     with LevelProgress(max_new) as progress:
         table = pp.enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths, on_level=progress)
     if emit_json(json_out, table.to_dict()) and str(json_out) == "-":
@@ -85,9 +89,10 @@ def enumerate_(
 
 @command
 def topk(spec: Spec, prompt: Prompt, max_new: MaxNew,
-         k: Annotated[int, typer.Option("-k", min=1, help="How many paths.")] = 10, json_out: JsonOut = None):
+         k: Annotated[int, typer.Option("-k", min=1, help="How many paths.")] = 10, json_out: JsonOut = None,
+         dtype: Dtype = None):
     """The exact k most probable paths (best-first search with a certificate)."""
-    lm = pp.open_model(spec)
+    lm = pp.open_model(spec, dtype=dtype)
     table = pp.top_k(lm, prompt, k, max_new)
     if emit_json(json_out, table.to_dict()) and str(json_out) == "-":
         return
@@ -102,9 +107,9 @@ def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
          regex: Annotated[str, typer.Option(help="Full-match regular expression over the continuation text.")],
          method: Annotated[str, typer.Option(help=", ".join(("exact",) + MASS_METHODS))] = "exact",
          n: Samples = 10_000, seed: Seed = 0,
-         min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
+         min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None, dtype: Dtype = None):
     """P(continuation matches REGEX | prompt): exact with proven bounds, or Monte Carlo with an interval."""
-    lm = pp.open_model(spec)
+    lm = pp.open_model(spec, dtype=dtype)
     pathset = pp.Regex(regex)
     with ChunkProgress(n) as progress:
         est = pp.mass(lm, prompt, pathset, max_new, method=method, min_prob=min_prob, max_paths=max_paths,
@@ -117,9 +122,10 @@ def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
             method: Annotated[str, typer.Option(help=", ".join(("exact",) + ENTROPY_METHODS))] = "exact",
             n: Samples = 10_000, seed: Seed = 0,
             estimator: Annotated[str, typer.Option(help="mc: chain (Rao-Blackwellised) or plain")] = "chain",
-            min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None):
+            min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None,
+            dtype: Dtype = None):
     """Entropy of the path distribution (nats): exact with proven bounds, or Monte Carlo with an interval."""
-    lm = pp.open_model(spec)
+    lm = pp.open_model(spec, dtype=dtype)
     with ChunkProgress(n) as progress:
         options = mc_options(method, n, seed, progress)
         if method in ENTROPY_METHODS and "estimator" in METHODS[method].entropy_options:
@@ -135,9 +141,10 @@ def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed:
            top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample among the k best tokens.")] = None,
            top_p: Annotated[float | None, typer.Option("--top-p", parser=finite(0.0, 1.0),
                                                           help="Nucleus sampling.")] = None,
-           show: Annotated[int, typer.Option(min=0, help="Distinct paths to print.")] = 20, json_out: JsonOut = None):
+           show: Annotated[int, typer.Option(min=0, help="Distinct paths to print.")] = 20, json_out: JsonOut = None,
+           dtype: Dtype = None):
     """Sample paths; print the most frequent with counts and model probabilities."""
-    lm = pp.open_model(spec)
+    lm = pp.open_model(spec, dtype=dtype)
     # pp.sample's own loop, with progress between chunks (pp.sample takes no progress callback).
     drawn, parts = Proposal(temperature=temperature, top_k=top_k, top_p=top_p), []
     with Progress("samples", n) as progress:
@@ -162,10 +169,10 @@ def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
        prompt_b: Annotated[str | None, typer.Option("--prompt-b", help="Prompt of b (default: --prompt).")] = None,
        model_b: Annotated[str | None, typer.Option("--model-b", help="Model spec of b (default: SPEC).")] = None,
        method: Annotated[str, typer.Option(help="exact or mc")] = "exact",
-       n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None):
+       n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None, dtype: Dtype = None):
     """KL(a || b) between two path distributions (two prompts and/or two models), in nats."""
-    lm_a = pp.open_model(spec)
-    lm_b = lm_a if model_b is None else pp.open_model(model_b)
+    lm_a = pp.open_model(spec, dtype=dtype)
+    lm_b = lm_a if model_b is None else pp.open_model(model_b, dtype=dtype)
     with ChunkProgress(n) as progress:
         est = pp.kl(lm_a, prompt, lm_b, prompt if prompt_b is None else prompt_b, max_new, method=method,
                     **mc_options(method, n, seed, progress))

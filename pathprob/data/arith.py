@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from pathprob.data.base import ANY_PATH, numpy_rng, unknown_path_set
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.errors import PathprobError
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ class Arith:
         return "0123456789"[: self.modulus]
 
     @property
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer(tokens=(*self.digits, "+", "=", ";", "^", "$"), eos="$", bos="^", sep=";")
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer(tokens=(*self.digits, "+", "=", ";", "^", "$"), eos="$", bos="^", sep=";")
 
     @property
     def max_len(self) -> int:

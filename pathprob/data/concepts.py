@@ -56,7 +56,7 @@ import jax
 import numpy as np
 
 from pathprob.data.base import ANY_PATH, categorical, numpy_rng, unknown_path_set
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.errors import PathprobError
 
 if TYPE_CHECKING:
@@ -196,8 +196,8 @@ class Concepts:
         return string.ascii_lowercase[: self.n_letters]
 
     @property
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer(tokens=(*self.letters, ";", "^", "$"), eos="$", bos="^", sep=";")
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer(tokens=(*self.letters, ";", "^", "$"), eos="$", bos="^", sep=";")
 
     @property
     def max_len(self) -> int:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from pathprob.data.base import ANY_PATH, numpy_rng, unknown_path_set
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.errors import PathprobError
 
 BOS, EOS = "\x02", "\x03"
@@ -68,8 +68,8 @@ class Text:
         return f"text:{self.path}"
 
     @functools.cached_property
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer(tokens=(BOS, EOS, *sorted(set(self.text))), eos=EOS, bos=BOS)
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer(tokens=(BOS, EOS, *sorted(set(self.text))), eos=EOS, bos=BOS)
 
     @functools.cached_property
     def ids(self) -> np.ndarray:

@@ -142,16 +142,16 @@ def token_ids(seq, what: str = "the prompt") -> list[int]:
 def encode_prompt(lm: LanguageModel, prompt: str | Sequence[int], *, room: int = 0) -> np.ndarray:
     """The prompt as int32[P] token ids, checked against the model.
 
-    A string is encoded with the model's tokenizer, and the tokenizer's BOS is
-    prepended when the text does not already start with it. A 1-D sequence or array
-    of integer ids is taken as it is; anything else (bytes, floats, bools, nesting,
+    A string is encoded with the model's tokenizer, and when ``tokenizer.prepend_bos``
+    its BOS is prepended if the text does not already start with it. A 1-D sequence or
+    array of integer ids is taken as it is; anything else (bytes, floats, bools, nesting,
     None) is a BadPromptError. ``room`` is the number of tokens that must still fit
     after the prompt within ``lm.max_len``.
     """
     tok = lm.tokenizer
     if isinstance(prompt, str):
         ids = tok.encode(prompt)
-        if tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
+        if tok.prepend_bos and (not ids or ids[0] != tok.bos_id):
             ids = [tok.bos_id, *ids]
     else:
         ids = token_ids(prompt)

@@ -1,16 +1,20 @@
 """A decoder-only Transformer (Flax NNX) and its LanguageModel with a shared prompt cache.
 
-Shapes: B paths, T sequence, P prompt, C suffix capacity, D model width, H heads,
-Dh head width, F MLP width, V vocabulary.
+Shapes: B paths, T sequence, P prompt, C suffix capacity, D model width, H heads, Hkv key/value
+heads (G = H / Hkv query heads per kv head), Dh head width, F MLP width, V vocabulary.
+
+One class covers the GPT-2, GPT-NeoX/Pythia and Llama-family layouts (``ModelConfig``); the
+default configuration is the model pathprob trains, computed exactly as before those options.
 
 The NNX module is used for initialisation and training. Decoding is functional:
 ``TransformerLM`` is a pytree holding ``graphdef`` (static) and ``params`` (leaves),
 so engines pass it to their jitted steps as an argument. ``start`` runs R prompts at
-once and stacks their KV caches in ``State.shared`` ([R, H, P, Dh] per layer, with the
-prompt lengths); each path holds the index of its root prompt and its own suffix cache
-``[B, H, C, Dh]`` in ``State.paths``. Attention while decoding reads the root's prompt
-cache and the path's suffix under one softmax, so the result equals full causal
-attention over prompt + suffix without ever storing a prompt cache per path.
+once and stacks their KV caches in ``State.shared`` ([R, Hkv, P, Dh] per layer, with the
+prompt lengths; Hkv = H unless the attention is grouped-query); each path holds the index of
+its root prompt and its own suffix cache ``[B, Hkv, C, Dh]`` in ``State.paths``. Attention
+while decoding reads the root's prompt cache and the path's suffix under one softmax, so the
+result equals full causal attention over prompt + suffix without ever storing a prompt cache
+per path.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pathprob.config import ModelConfig
@@ -30,59 +35,111 @@ _NEG = -1e30  # finite mask value: a fully masked row still gives a finite softm
 _CPU_CHUNK_TOKENS = 1024  # tokens per sub-batch of an inference forward on the CPU (teacher_forced_logits)
 
 
-def _rope(x_BTHd: jax.Array, pos_BT: jax.Array) -> jax.Array:
-    """Rotary position embedding (rotate-half form) at integer positions."""
-    half = x_BTHd.shape[-1] // 2
-    freq = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle = pos_BT[..., None, None].astype(jnp.float32) * freq  # [B, T, 1, half]
+def _rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """float32[rotary_dim // 2]: the rope frequencies ``rope_theta ** (-2i / rotary_dim)``, Llama-3-scaled if asked."""
+    half = cfg.rotary_dim // 2
+    if cfg.rope_llama3_scaling is None:
+        return cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    # Llama 3: long wavelengths are slowed down by ``factor``, short ones kept, the band between
+    # interpolated; computed once on the host from the static config.
+    factor, low, high, original = cfg.rope_llama3_scaling
+    freq = cfg.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
+    wavelength = 2 * np.pi / freq
+    smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
+    return jnp.asarray((1 - smooth) * freq / factor + smooth * freq, jnp.float32)
+
+
+def _rope(x_BTHd: jax.Array, pos_BT: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Rotary position embedding (rotate-half form) of the first ``cfg.rotary_dim`` dimensions of each head."""
+    rotary = cfg.rotary_dim
+    half = rotary // 2
+    angle = pos_BT[..., None, None].astype(jnp.float32) * _rope_frequencies(cfg)  # [B, T, 1, half]
     cos, sin = jnp.cos(angle), jnp.sin(angle)
-    x1, x2 = x_BTHd[..., :half].astype(jnp.float32), x_BTHd[..., half:].astype(jnp.float32)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-    return out.astype(x_BTHd.dtype)
+    x1, x2 = x_BTHd[..., :half].astype(jnp.float32), x_BTHd[..., half:rotary].astype(jnp.float32)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x_BTHd.dtype)
+    if rotary < x_BTHd.shape[-1]:  # partial rotary (NeoX): the other dimensions pass through
+        out = jnp.concatenate([out, x_BTHd[..., rotary:]], axis=-1)
+    return out
+
+
+def _dtypes(cfg: ModelConfig) -> dict:
+    return {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.norm == "rmsnorm":
+        return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, **_dtypes(cfg), rngs=rngs)
+    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.use_bias, **_dtypes(cfg), rngs=rngs)
+
+
+_ACTIVATIONS = {"gelu_tanh": jax.nn.gelu, "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False)}
 
 
 class Block(nnx.Module):
+    """Pre-norm attention + MLP. ``qkv`` is one fused projection D -> (H + 2 Hkv) Dh (q, then k, then v);
+    for SwiGLU ``fc1`` is the fused gate and up projection D -> 2F (gate first)."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = jnp.dtype(cfg.dtype)
-        linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        linear = lambda i, o, bias=cfg.use_bias: nnx.Linear(i, o, use_bias=bias, **_dtypes(cfg), rngs=rngs)
         self.cfg = cfg
-        self.ln1 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
-        self.qkv = linear(cfg.d_model, 3 * cfg.d_model)
+        self.ln1 = _norm(cfg, rngs)
+        self.qkv = linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, cfg.has_qkv_bias)
         self.proj = linear(cfg.d_model, cfg.d_model)
-        self.ln2 = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
-        self.fc1 = linear(cfg.d_model, cfg.d_ff)
+        self.ln2 = _norm(cfg, rngs)
+        self.fc1 = linear(cfg.d_model, 2 * cfg.d_ff if cfg.mlp == "swiglu" else cfg.d_ff)
         self.fc2 = linear(cfg.d_ff, cfg.d_model)
 
     def qkv_heads(self, x_BTD: jax.Array, pos_BT: jax.Array):
-        """Query, key, value as [B, T, H, Dh] (rope applied to q and k)."""
+        """Query [B, T, H, Dh], key and value [B, T, Hkv, Dh] (rope applied to q and k)."""
         B, T, _ = x_BTD.shape
-        q, k, v = jnp.split(self.qkv(self.ln1(x_BTD)), 3, axis=-1)
-        shape = (B, T, self.cfg.n_heads, self.cfg.head_dim)
-        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
-        if self.cfg.positional == "rope":
-            q, k = _rope(q, pos_BT), _rope(k, pos_BT)
+        cfg = self.cfg
+        q_width, kv_width = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        q, k, v = jnp.split(self.qkv(self.ln1(x_BTD)), [q_width, q_width + kv_width], axis=-1)
+        q = q.reshape(B, T, cfg.n_heads, cfg.head_dim)
+        k, v = (a.reshape(B, T, cfg.kv_heads, cfg.head_dim) for a in (k, v))
+        if cfg.positional == "rope":
+            q, k = _rope(q, pos_BT, cfg), _rope(k, pos_BT, cfg)
         return q, k, v
 
     def mlp(self, x_BTD: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(self.ln2(x_BTD))))
+        """The MLP's write into the residual stream (``ln2`` applied inside)."""
+        h = self.fc1(self.ln2(x_BTD))
+        if self.cfg.mlp == "swiglu":
+            gate, up = jnp.split(h, 2, axis=-1)
+            return self.fc2(jax.nn.silu(gate) * up)
+        return self.fc2(_ACTIVATIONS[self.cfg.mlp](h))
+
+    def residual(self, x_BTD: jax.Array, attn_write_BTD: jax.Array) -> jax.Array:
+        """The residual stream after this block, given its attention write: sequential, or parallel (NeoX)."""
+        if self.cfg.parallel_residual:
+            return x_BTD + attn_write_BTD + self.mlp(x_BTD)
+        x_BTD = x_BTD + attn_write_BTD
+        return x_BTD + self.mlp(x_BTD)
 
     def attend(self, x_BTD: jax.Array, pos_BT: jax.Array):
-        """The attention write into the residual stream ([B, T, D], after ``proj``) and k, v as [B, H, T, Dh]."""
+        """The attention write into the residual stream ([B, T, D], after ``proj``) and k, v as [B, Hkv, T, Dh]."""
         B, T, D = x_BTD.shape
+        cfg = self.cfg
         # Heads-major [B, H, T, Dh] before the two batched products: the same values as
         # einsum over [B, T, H, Dh], about 6% faster for the whole forward on XLA:CPU.
         q, k, v = (a.transpose(0, 2, 1, 3) for a in self.qkv_heads(x_BTD, pos_BT))
-        scores_BHTT = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(self.cfg.head_dim)
         causal_TT = jnp.tril(jnp.ones((T, T), bool))
-        weights = jax.nn.softmax(jnp.where(causal_TT, scores_BHTT, _NEG), axis=-1).astype(v.dtype)
-        attn_BTD = jnp.einsum("bhts,bhsd->bhtd", weights, v).transpose(0, 2, 1, 3).reshape(B, T, D)
+        scale = math.sqrt(cfg.head_dim)
+        if cfg.kv_heads == cfg.n_heads:
+            scores_BHTT = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) / scale
+            weights = jax.nn.softmax(jnp.where(causal_TT, scores_BHTT, _NEG), axis=-1).astype(v.dtype)
+            attn_BTD = jnp.einsum("bhts,bhsd->bhtd", weights, v).transpose(0, 2, 1, 3).reshape(B, T, D)
+        else:  # grouped-query: query head h reads kv head h // G (G = H / Hkv consecutive heads per group)
+            q_BKGTd = q.reshape(B, cfg.kv_heads, -1, T, cfg.head_dim)
+            scores = jnp.einsum("bkgtd,bksd->bkgts", q_BKGTd, k).astype(jnp.float32) / scale
+            weights = jax.nn.softmax(jnp.where(causal_TT, scores, _NEG), axis=-1).astype(v.dtype)
+            attn_BTD = jnp.einsum("bkgts,bksd->btkgd", weights, v).reshape(B, T, D)
         return self.proj(attn_BTD), k, v
 
     def __call__(self, x_BTD: jax.Array, pos_BT: jax.Array):
-        """Full causal self-attention block; also returns this layer's k, v as [B, H, T, Dh]."""
+        """Full causal self-attention block; also returns this layer's k, v as [B, Hkv, T, Dh]."""
         write_BTD, k, v = self.attend(x_BTD, pos_BT)
-        x_BTD = x_BTD + write_BTD
-        return x_BTD + self.mlp(x_BTD), k, v
+        return self.residual(x_BTD, write_BTD), k, v
 
 
 class Transformer(nnx.Module):
@@ -90,15 +147,13 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        dtype = jnp.dtype(cfg.dtype)
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, **_dtypes(cfg), rngs=rngs)
         if cfg.positional == "learned":
-            self.pos_embed = nnx.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+            self.pos_embed = nnx.Embed(cfg.max_len, cfg.d_model, **_dtypes(cfg), rngs=rngs)
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-        self.ln_f = nnx.LayerNorm(cfg.d_model, dtype=dtype, rngs=rngs)
+        self.ln_f = _norm(cfg, rngs)
         if not cfg.tie_embeddings:
-            self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, dtype=dtype,
-                                   param_dtype=jnp.float32, rngs=rngs)
+            self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, **_dtypes(cfg), rngs=rngs)
 
     def embed_tokens(self, tokens_BT: jax.Array, pos_BT: jax.Array) -> jax.Array:
         x = self.embed(tokens_BT)
@@ -107,14 +162,17 @@ class Transformer(nnx.Module):
         return x
 
     def logits(self, x_BTD: jax.Array) -> jax.Array:
-        """Final norm and unembedding; float32 logits."""
+        """Final norm and unembedding; float32 logits (accumulated in float32 for bf16 weights too)."""
         h = self.ln_f(x_BTD)
+        if self.cfg.dtype != "float32":
+            unembed_DV = self.embed.embedding[...].T if self.cfg.tie_embeddings else self.head.kernel[...]
+            return jnp.einsum("...d,dv->...v", h, unembed_DV.astype(h.dtype), preferred_element_type=jnp.float32)
         if self.cfg.tie_embeddings:
             return self.embed.attend(h).astype(jnp.float32)
         return self.head(h).astype(jnp.float32)
 
     def forward(self, tokens_BT: jax.Array):
-        """Logits float32[B, T, V] and the per-layer k, v caches ([B, H, T, Dh] each)."""
+        """Logits float32[B, T, V] and the per-layer k, v caches ([B, Hkv, T, Dh] each)."""
         B, T = tokens_BT.shape
         pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
         x = self.embed_tokens(tokens_BT, pos_BT)
@@ -153,8 +211,8 @@ class Transformer(nnx.Module):
     def decode(self, tokens_B, root_B, length_B, prompt, suffix_k, suffix_v):
         """One decoding step for B paths, each after prompt ``root_B`` of the stacked prompt caches.
 
-        ``prompt``: ``k``/``v`` per layer [R, H, P, Dh] (shared, right-padded) and ``length``
-        int32[R]. ``suffix_k/v``: per layer [B, H, C, Dh]; the new token's k, v are written at
+        ``prompt``: ``k``/``v`` per layer [R, Hkv, P, Dh] (shared, right-padded) and ``length``
+        int32[R]. ``suffix_k/v``: per layer [B, Hkv, C, Dh]; the new token's k, v are written at
         index ``length_B``. Returns float32[B, V] logits and the updated suffix caches.
         """
         prompt_len_B = prompt["length"][root_B]
@@ -166,16 +224,30 @@ class Transformer(nnx.Module):
         visible_BC = jnp.arange(C)[None, :] <= length_B[:, None]
         write = jax.vmap(lambda cache_HCd, new_Hd, i: jax.lax.dynamic_update_slice_in_dim(
             cache_HCd, new_Hd[:, None, :], i, axis=1))
-        scale = 1.0 / math.sqrt(self.cfg.head_dim)
         new_k, new_v = [], []
         for block, pk, pv, sk, sv in zip(self.blocks, prompt["k"], prompt["v"], suffix_k, suffix_v):
             q, k, v = block.qkv_heads(x_B1D, pos_B[:, None])
-            q_BHd = q[:, 0]
             sk = write(sk, k[:, 0].astype(sk.dtype), length_B)
             sv = write(sv, v[:, 0].astype(sv.dtype), length_B)
-            if R == 1:  # one prompt: every path reads the same cache, no gather
+            attn_BHd = self._decode_attention(q[:, 0], pk, pv, sk, sv, root_B, visible_BP, visible_BC)
+            x_B1D = block.residual(x_B1D, block.proj(attn_BHd.reshape(x_B1D.shape)))
+            new_k.append(sk)
+            new_v.append(sv)
+        return self.logits(x_B1D)[:, 0], tuple(new_k), tuple(new_v)
+
+    def _decode_attention(self, q_BHd, pk, pv, sk, sv, root_B, visible_BP, visible_BC):
+        """One query per path over its root's prompt cache and its own suffix, under one softmax: [B, H, Dh].
+
+        With one prompt (R = 1) every path reads the same cache, no gather; otherwise each path
+        reads its root's cache, gathered for the product and never stored per path. Grouped-query
+        attention reads the Hkv cached heads with the queries as [B, Hkv, G, Dh].
+        """
+        R, _, P, _ = pk.shape
+        scale = 1.0 / math.sqrt(self.cfg.head_dim)
+        if self.cfg.kv_heads == self.cfg.n_heads:
+            if R == 1:
                 s_prompt = jnp.einsum("bhd,hpd->bhp", q_BHd, pk[0])
-            else:  # each path reads its own root's cache (gathered for the product, never stored per path)
+            else:
                 s_prompt = jnp.einsum("bhd,bhpd->bhp", q_BHd, pk[root_B])
             s_prompt = jnp.where(visible_BP[:, None, :], s_prompt.astype(jnp.float32) * scale, _NEG)
             s_suffix = jnp.einsum("bhd,bhcd->bhc", q_BHd, sk).astype(jnp.float32) * scale
@@ -186,12 +258,23 @@ class Transformer(nnx.Module):
                 attn_prompt_BHd = jnp.einsum("bhp,hpd->bhd", w_prompt, pv[0])
             else:
                 attn_prompt_BHd = jnp.einsum("bhp,bhpd->bhd", w_prompt, pv[root_B])
-            attn_BHd = attn_prompt_BHd + jnp.einsum("bhc,bhcd->bhd", w_suffix, sv)
-            x_B1D = x_B1D + block.proj(attn_BHd.reshape(x_B1D.shape))
-            x_B1D = x_B1D + block.mlp(x_B1D)
-            new_k.append(sk)
-            new_v.append(sv)
-        return self.logits(x_B1D)[:, 0], tuple(new_k), tuple(new_v)
+            return attn_prompt_BHd + jnp.einsum("bhc,bhcd->bhd", w_suffix, sv)
+        B, H, Dh = q_BHd.shape
+        q_BKGd = q_BHd.reshape(B, self.cfg.kv_heads, H // self.cfg.kv_heads, Dh)
+        if R == 1:
+            s_prompt = jnp.einsum("bkgd,kpd->bkgp", q_BKGd, pk[0])
+        else:
+            s_prompt = jnp.einsum("bkgd,bkpd->bkgp", q_BKGd, pk[root_B])
+        s_prompt = jnp.where(visible_BP[:, None, None, :], s_prompt.astype(jnp.float32) * scale, _NEG)
+        s_suffix = jnp.einsum("bkgd,bkcd->bkgc", q_BKGd, sk).astype(jnp.float32) * scale
+        s_suffix = jnp.where(visible_BC[:, None, None, :], s_suffix, _NEG)
+        w = jax.nn.softmax(jnp.concatenate([s_prompt, s_suffix], axis=-1), axis=-1).astype(pv.dtype)
+        w_prompt, w_suffix = w[..., :P], w[..., P:]
+        if R == 1:
+            attn_prompt = jnp.einsum("bkgp,kpd->bkgd", w_prompt, pv[0])
+        else:
+            attn_prompt = jnp.einsum("bkgp,bkpd->bkgd", w_prompt, pv[root_B])
+        return (attn_prompt + jnp.einsum("bkgc,bkcd->bkgd", w_suffix, sv)).reshape(B, H, Dh)
 
 
 def init_transformer(cfg: ModelConfig, seed: int) -> Transformer:
@@ -241,7 +324,7 @@ class TransformerLM:
         logits_RPV, ks, vs = self.module.forward(prompts_RP)
         last_RV = jnp.take_along_axis(logits_RPV, (lengths_R - 1)[:, None, None], axis=1)[:, 0]
         cfg = self.config
-        empty = jnp.zeros((R, cfg.n_heads, capacity, cfg.head_dim), jnp.dtype(cfg.dtype))
+        empty = jnp.zeros((R, cfg.kv_heads, capacity, cfg.head_dim), jnp.dtype(cfg.dtype))
         shared = {"k": ks, "v": vs, "length": lengths_R}
         paths = {
             "root": jnp.arange(R, dtype=jnp.int32),

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer
 from pathprob.models.base import State
 
 if TYPE_CHECKING:
@@ -72,12 +72,12 @@ class ConceptsTruth:
     log_init_KH: jax.Array
     log_trans_KHH: jax.Array
     log_emit_KHV: jax.Array  # -inf for every non-letter token
-    tokenizer: Tokenizer = flax.struct.field(pytree_node=False)
+    tokenizer: CharTokenizer = flax.struct.field(pytree_node=False)
     example_len: int = flax.struct.field(pytree_node=False)
     n_examples: int = flax.struct.field(pytree_node=False)
 
     @classmethod
-    def from_hmms(cls, hmms: HMMs, tokenizer: Tokenizer, example_len: int, n_examples: int) -> ConceptsTruth:
+    def from_hmms(cls, hmms: HMMs, tokenizer: CharTokenizer, example_len: int, n_examples: int) -> ConceptsTruth:
         K, H, A = hmms.emit_KHA.shape
         emit_KHV = np.zeros((K, H, tokenizer.vocab_size))
         emit_KHV[:, :, :A] = hmms.emit_KHA  # the letters are the first A tokens
@@ -163,13 +163,13 @@ class AutomatonTruth:
 
     logprobs_SV: jax.Array
     next_state_SV: jax.Array
-    tokenizer: Tokenizer = flax.struct.field(pytree_node=False)
+    tokenizer: CharTokenizer = flax.struct.field(pytree_node=False)
     max_len: int = flax.struct.field(pytree_node=False)
     start_state: int = flax.struct.field(pytree_node=False)
     dead_state: int = flax.struct.field(pytree_node=False)
 
     @classmethod
-    def from_tables(cls, probs_SV: np.ndarray, next_state_SV: np.ndarray, tokenizer: Tokenizer, *,
+    def from_tables(cls, probs_SV: np.ndarray, next_state_SV: np.ndarray, tokenizer: CharTokenizer, *,
                     max_len: int, start_state: int, dead_state: int) -> AutomatonTruth:
         """Checks the tables (rows sum to 1 except the dead one; impossible tokens lead to it)."""
         live = np.arange(probs_SV.shape[0]) != dead_state

@@ -1,13 +1,37 @@
 """Sets of paths: regular expressions (as token-level DFAs), predicates, and their combinations.
 
-A path's *text* is its decoded continuation without the EOS token. ``Regex``
-sets are full matches of a Python-syntax pattern with DOTALL semantics. They
-compile once per tokenizer to a token DFA: ``transitions`` int32[S, V],
-``accepting`` bool[S] and ``live`` bool[S] (acceptance still reachable). Two
-extra states make EOS explicit: after EOS a path sits in ``accept_end`` if its
-text matched and in ``dead`` otherwise, so a path of any length is in the set
-iff its final DFA state is accepting. The table is plain data and runs inside
-jit (``transitions[state, token]``) as well as on the host.
+A path's *text* is its decoded continuation without the EOS token: the concatenation of
+its tokens' bytes (``Tokenizer.token_bytes``; specials other than EOS included) read as
+UTF-8. ``Regex`` sets are full matches of a Python-syntax pattern with DOTALL semantics:
+a path is in ``Regex(p)`` iff ``re.fullmatch(p, text, re.DOTALL)`` accepts its text. Over
+a multi-character vocabulary its bytes must also be UTF-8 without U+10FFFF: bytes that are
+not UTF-8 (a path cut inside a multi-byte character) are in no Regex set, though
+``decode`` shows them as U+FFFD and ``Predicate`` sees that text; U+10FFFF is a
+noncharacter the automaton builder reserves as a marker (``token_automaton``).
+
+They compile once per tokenizer to a token DFA: ``transitions`` int32[S, V],
+``accepting`` bool[S] and ``live`` bool[S] (acceptance still reachable). Two extra
+states make EOS explicit: after EOS a path sits in ``accept_end`` if its text matched and
+in ``dead`` otherwise, so a path of any length is in the set iff its final DFA state is
+accepting. The table is plain data and runs inside jit (``transitions[state, token]``) as
+well as on the host.
+
+A ``CharTokenizer`` vocabulary compiles through interegular's character DFA, each token's
+characters run through it. Any other vocabulary (BPE, tens of thousands of tokens)
+compiles with outlines-core (``token_automaton``), cached on disk. outlines-core rather
+than llguidance: its ``Index`` is exactly the (state, token) -> state table a TokenDFA
+is, with explicit states, so ``live``, ``reach``, products and the disk cache work on it;
+llguidance computes token masks lazily from a parser state it does not expose. Its regex
+engine matches bytes of valid UTF-8 only, hence the rule above, and its syntax and
+character classes differ from Python's, so the pattern is handed over rewritten with
+Python's own meaning of every character (``regex_syntax``).
+
+The mass of a Regex set counts every token sequence whose text matches, whatever its
+tokenisation: that is the model's path mass, non-canonical tokenisations included
+(``" 12"`` spelled as ``" 1", "2"`` or ``" ", "1", "2"`` are three paths of the set). A
+canonical-tokenisation-only variant is not offered: outlines-core's Index admits every
+spelling by construction and llguidance builds no automaton of canonical sequences either,
+so it would take a hand-built, tokenizer-specific automaton intersected with this one.
 """
 
 from __future__ import annotations
@@ -22,8 +46,10 @@ from re import _parser as re_parser
 import interegular
 import numpy as np
 
-from pathprob.data.tokenizer import Tokenizer
+from pathprob.data.tokenizer import CharTokenizer, Tokenizer
 from pathprob.errors import PathprobError
+from pathprob.paths.regex_syntax import UnsupportedSyntax
+from pathprob.paths.token_automaton import AutomatonBuildError, can_match, token_automaton
 
 
 class BadPathSetError(PathprobError):
@@ -136,7 +162,12 @@ class Regex(PathSet):
 
     def contains(self, tokens_NL, texts, tokenizer):
         compiled = re.compile(self.pattern, re.DOTALL)
-        return np.array([compiled.fullmatch(t) is not None for t in texts], bool)
+        matched = np.array([compiled.fullmatch(t) is not None for t in texts], bool)
+        if isinstance(tokenizer, CharTokenizer):
+            return matched
+        eos = tokenizer.eos_id
+        rows = (b"".join(tokenizer.token_bytes(t) for t in row if t >= 0 and t != eos) for row in tokens_NL.tolist())
+        return matched & np.array([can_match(data) for data in rows], bool)
 
     def dfa(self, tokenizer: Tokenizer) -> TokenDFA:
         return _regex_dfa(self.pattern, tokenizer)
@@ -168,6 +199,13 @@ def _expanded_size(parsed) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _regex_dfa(pattern: str, tokenizer: Tokenizer) -> TokenDFA:
+    if not isinstance(tokenizer, CharTokenizer):
+        try:
+            transitions, accepting, initial = token_automaton(pattern, tokenizer)
+        except (UnsupportedSyntax, AutomatonBuildError) as err:
+            raise BadPathSetError(f"regular expression {pattern!r} cannot be compiled over this "
+                                  f"vocabulary: {err}") from None
+        return TokenDFA(transitions=transitions, accepting=accepting, initial=initial)
     fsm = Regex(pattern)._fsm
     states = sorted(fsm.states)
     index = {s: i for i, s in enumerate(states)}
