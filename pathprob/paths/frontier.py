@@ -69,9 +69,15 @@ def write(pool_paths, chunk_paths, offset: jax.Array):
     return jax.tree.map(lambda p, c: jax.lax.dynamic_update_slice_in_dim(p, c, offset, axis=0), pool_paths, chunk_paths)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _zeros(like_paths, capacity: int):
+    """Zeros shaped like ``like_paths`` with a leading axis of ``capacity``: one program, not one op per leaf."""
+    return jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), like_paths)
+
+
 def empty_pool(like: State, capacity: int) -> State:
     """A pool of ``capacity`` paths shaped like ``like``'s per-path part (zeros)."""
-    return like.replace(paths=jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), like.paths))
+    return like.replace(paths=_zeros(like.paths, capacity))
 
 
 def grow(pool: State, capacity: int) -> State:
@@ -98,23 +104,28 @@ def _path_state_bytes(treedef, leaves: tuple, capacity: int) -> int:
     return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(state.paths)))
 
 
-def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: np.ndarray,
-                    chunk: int) -> tuple[State, np.ndarray]:
-    """The children (parent[i], token[i]) of pool paths as a new pool, and their next log-probs float64[n, V]."""
+def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: np.ndarray, chunk: int, *,
+                    states: bool = True) -> tuple[State | None, np.ndarray]:
+    """The children (parent[i], token[i]) of pool paths as a new pool, and their next log-probs float64[n, V].
+
+    With ``states=False`` only the log-probabilities are computed and the pool is None: for
+    the last level of a walk, whose children are never expanded.
+    """
     n = parent.size
     c = min(chunk, bucket(n, 8))
     capacity = bucket(n, c)
     parent_n = np.zeros(capacity, np.int32)
     token_n = np.zeros(capacity, np.int32)
     parent_n[:n], token_n[:n] = parent, token
-    new_paths = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), pool.paths)
+    new_paths = _zeros(pool.paths, capacity) if states else None
     pending = []
     # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
         size = min(c, bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
         parents = pool.replace(paths=gather(pool.paths, jnp.asarray(parent_n[lo : lo + size])))
         child, logprobs_cV = advance(lm, parents, jnp.asarray(token_n[lo : lo + size]))
-        new_paths = write(new_paths, child.paths, jnp.int32(lo))
+        if states:
+            new_paths = write(new_paths, child.paths, jnp.int32(lo))
         pending.append(logprobs_cV)
     logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
-    return pool.replace(paths=new_paths), logprobs
+    return (pool.replace(paths=new_paths) if states else None), logprobs
