@@ -3,8 +3,9 @@
 A *pool* is the per-path part of a ``State`` with a power-of-two leading axis;
 the shared part (the prompt cache) is stored once. Every jitted function here
 takes the model as an argument and compiles once per (model config, shapes):
-chunk sizes and pool capacities are powers of two, so a run compiles a handful
-of programs however many nodes it visits.
+model steps run 64, 512 or 4096 rows (``step_rows``, at most the chunk) and pool
+capacities are powers of two, so a run compiles a handful of programs however many
+nodes it visits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ from pathprob.models.base import LanguageModel, State, pad_prompts
 def bucket(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum)."""
     return 1 << (max(n, minimum) - 1).bit_length()
+
+
+SMALLEST_STEP = 64  # rows of the smallest model step: below it a step costs about the same (dispatch, weights)
+
+
+def step_rows(n: int, chunk: int) -> int:
+    """Rows of the model step that advances ``n`` paths: 64, 512, 4096, ... (x8), at most ``chunk``.
+
+    Few sizes, so a walk compiles (and, with the persistent cache, traces) few model steps:
+    a level of 9 paths pads to 64 rows, which costs about what 16 would.
+    """
+    rows = SMALLEST_STEP
+    while rows < n and rows < chunk:
+        rows *= 8
+    return min(rows, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("capacity",))
@@ -112,7 +128,7 @@ def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: n
     the last level of a walk, whose children are never expanded.
     """
     n = parent.size
-    c = min(chunk, bucket(n, 8))
+    c = step_rows(n, chunk)
     capacity = bucket(n, c)
     parent_n = np.zeros(capacity, np.int32)
     token_n = np.zeros(capacity, np.int32)
@@ -121,7 +137,7 @@ def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: n
     pending = []
     # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
-        size = min(c, bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
+        size = step_rows(n - lo, c)  # the last chunk shrinks to the next step size
         parents = pool.replace(paths=gather(pool.paths, jnp.asarray(parent_n[lo : lo + size])))
         child, logprobs_cV = advance(lm, parents, jnp.asarray(token_n[lo : lo + size]))
         if states:
