@@ -7,7 +7,8 @@ A B A B ...: A = ``steps`` train steps, B = ``steps`` train steps and one probe.
 (compilation of the engine's shapes) runs before the rounds and is reported on its own. Printed:
 the median A and B times and their ratio (the steady-state slow-down), and, with ``--run``, the
 whole-run overhead of a real probed run from its metrics.jsonl (probe seconds / training seconds,
-compilation included).
+compilation included). Every probe's seconds spent compiling (JAX's ``/jax/core/compile/*`` events)
+are printed too: the first probe after step 0 used to recompile for 10-15 s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ import pathprob as pp
 from pathprob.models.transformer import init_transformer
 from pathprob.rundir import read_metrics
 from pathprob.training import _batch, _make_steps, _new_watch, _Probes, make_optimizer
+
+COMPILING = {"s": 0.0}
+
+
+def _count_compiles(event: str, seconds: float, **kwargs) -> None:
+    if event.startswith("/jax/core/compile/"):
+        COMPILING["s"] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
 
 
 def run_overhead(run_dir: Path) -> dict:
@@ -58,8 +69,15 @@ def main() -> None:
     t0 = time.perf_counter()
     probes = _Probes(cfg, language, language.truth(), graphdef, model_cfg)
     setup_s = time.perf_counter() - t0
+    compile_s = []
+
+    def probe() -> None:
+        before = COMPILING["s"]
+        probes(params)
+        compile_s.append(COMPILING["s"] - before)
+
     t0 = time.perf_counter()
-    probes(params)
+    probe()
     first_s = time.perf_counter() - t0
 
     step = 0
@@ -79,17 +97,18 @@ def main() -> None:
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         advance(args.steps)
-        probes(params)
+        probe()
         probed.append(time.perf_counter() - t0)
     a, b = statistics.median(plain), statistics.median(probed)
     result = {"language": cfg.language, "steps_per_round": args.steps, "rounds": args.rounds,
               "truth_setup_s": setup_s, "first_probe_s": first_s, "median_plain_s": a, "median_probed_s": b,
-              "ratio": b / a, "plain_s": plain, "probed_s": probed}
+              "ratio": b / a, "plain_s": plain, "probed_s": probed, "probe_compile_s": compile_s}
     if args.run is not None:
         result["whole_run"] = run_overhead(args.run)
     print(json.dumps(result, indent=1))
     print(f"| {cfg.language} | probe every {args.steps} | {a:.1f} s | {b:.1f} s | {b / a:.3f} | "
-          f"first probe {first_s:.1f} s, truth setup {setup_s:.1f} s |")
+          f"first probe {first_s:.1f} s, truth setup {setup_s:.1f} s; compiling per probe "
+          f"{', '.join(f'{c:.2f}' for c in compile_s)} s |")
 
 
 if __name__ == "__main__":

@@ -130,9 +130,9 @@ def test_probe_is_refused_before_it_runs(monkeypatch):
 
 
 def _counting(expand_children, rows: list):
-    def counted(lm, pool, parent, token, chunk):
+    def counted(lm, pool, parent, token, chunk, **kwargs):
         rows.append(int(parent.size))
-        return expand_children(lm, pool, parent, token, chunk)
+        return expand_children(lm, pool, parent, token, chunk, **kwargs)
 
     return counted
 

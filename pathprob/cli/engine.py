@@ -31,9 +31,9 @@ from pathprob.cli.common import (
     print_paths,
 )
 from pathprob.files import dumps
-from pathprob.paths.ancestral import stream
 from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, METHODS
 from pathprob.paths.proposal import Proposal
+from pathprob.paths.sample import draw_blocks
 from pathprob.paths.samples import Samples as SampleSet
 
 
@@ -145,10 +145,11 @@ def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed:
            dtype: Dtype = None):
     """Sample paths; print the most frequent with counts and model probabilities."""
     lm = pp.open_model(spec, dtype=dtype)
-    # pp.sample's own loop, with progress between chunks (pp.sample takes no progress callback).
+    # pp.sample(..., distinct=True) in blocks of draws (counts down the trie), with progress between blocks:
+    # the cost follows the distinct prefixes, so n = 10^9 takes seconds when the model repeats itself.
     drawn, parts = Proposal(temperature=temperature, top_k=top_k, top_p=top_p), []
     with Progress("samples", n) as progress:
-        for part in stream(lm, prompt, n, max_new, key=seed, proposal=drawn):
+        for part in draw_blocks(lm, prompt, n, max_new, key=seed, proposal=drawn):
             parts.append(part)
             progress.update(sum(map(len, parts)), "")
     samples = SampleSet.concatenate(parts)

@@ -51,6 +51,7 @@ from pathprob.paths.proposal import (
     restrict,
     warp,
 )
+from pathprob.paths.results import path_lengths
 from pathprob.paths.samples import Samples, as_key, check_compatible, chunk_size
 from pathprob.paths.sets import TokenDFA
 
@@ -178,7 +179,7 @@ def to_samples(out: dict, count: int, eos: int, track: tuple[str, ...], meta: di
     """The first ``count`` rows of a ``sample_chunk`` result as host Samples (float64 sums per path)."""
     rows = lambda name: np.asarray(out[name]).T[:count]
     tokens = rows("tokens").astype(np.int32)
-    lengths = (tokens >= 0).sum(axis=1).astype(np.int32)
+    lengths = path_lengths(tokens)
     total = lambda name: rows(name).astype(np.float64).sum(axis=1)
     extras = {name: total(name) for name in track}
     if "accepted" in out:

@@ -104,7 +104,7 @@ class Listing:
         self.reach = None if dfa is None else dfa.reach(max_new, eos)
         self.state = None if dfa is None else np.full(n_roots, dfa.initial, np.int32)
         self.keep_pruned, self.list_all_complete = keep_pruned, list_all_complete
-        self.listed: list[tuple] = []  # (root, tokens, logp, eos) per level
+        self.listed: list[tuple] = []  # (root, tokens, logp, eos, lengths) per level
         self.remainder = Remainders(n_roots, vocab)
         self.pruned = Pruned()
         self.nodes = np.ones(n_roots, np.int64)  # each prompt itself
@@ -119,7 +119,8 @@ class Listing:
         listed = (possible if self.list_all_complete else keep) & complete
         parent, token = nonzero(listed)
         self.listed.append((level.root[parent], level.child_tokens(parent, token, self.max_new),
-                            child_logp[parent, token], token == self.eos))
+                            child_logp[parent, token], token == self.eos,
+                            np.full(parent.size, level.depth + 1, np.int32)))
         parent, token = nonzero(possible & ~listed & complete)
         self._prune(level, child_logp, child_state, parent, token, steps_left=0)
         if steps_left == 0:
@@ -162,15 +163,18 @@ class Listing:
 
     def tables(self, tokenizer, stats: dict) -> list[PathTable]:
         """One PathTable per root: its listed paths, most probable first, and its certified remainder."""
-        root, tokens, logp, is_eos = (np.concatenate(a) for a in zip(*self.listed))
-        order = np.argsort(root, kind="stable")  # by root; within a root, by depth then trie order
-        bounds = np.searchsorted(root[order], np.arange(self.n_roots + 1))
-        mine_by_root = [order[bounds[r]:bounds[r + 1]] for r in range(self.n_roots)]
+        root, tokens, logp, is_eos, lengths = (np.concatenate(a) for a in zip(*self.listed))
+        if self.n_roots == 1:
+            mine_by_root = [np.arange(root.size)]
+        else:
+            order = np.argsort(root, kind="stable")  # by root; within a root, by depth then trie order
+            bounds = np.searchsorted(root[order], np.arange(self.n_roots + 1))
+            mine_by_root = [order[bounds[r]:bounds[r + 1]] for r in range(self.n_roots)]
         if self.max_paths is not None:  # the table keeps each root's max_paths most probable paths
             for r, mine in enumerate(mine_by_root):
                 ranked = mine[rank(logp[mine])]
                 cut = ranked[self.max_paths:]
-                live = None if self.dfa is None else self.dfa.accepts(tokens[cut])
+                live = None if self.dfa is None else self.dfa.accepts(np.take(tokens, cut, axis=0))
                 self.remainder.add(root[cut], logp[cut], 0, live)
                 mine_by_root[r] = np.sort(ranked[: self.max_paths])
         log_live, log_dead = self.remainder.log_mass()
@@ -182,7 +186,7 @@ class Listing:
                           "remainder_entropy_lower": float(self.remainder.entropy_lower[r]),
                           "remainder_entropy_upper": float(self.remainder.entropy_upper[r])}
             out.append(PathTable(
-                tokens=tokens[mine], lengths=(tokens[mine] >= 0).sum(axis=1).astype(np.int32), logp=logp[mine],
+                tokens=np.take(tokens, mine, axis=0), lengths=lengths[mine], logp=logp[mine],
                 eos=is_eos[mine], log_covered=logsumexp64(logp[mine]),
                 log_remaining=logsumexp64([log_live[r], log_dead[r]]), tokenizer=tokenizer, max_new=self.max_new,
                 stats=root_stats))

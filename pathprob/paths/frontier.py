@@ -3,8 +3,9 @@
 A *pool* is the per-path part of a ``State`` with a power-of-two leading axis;
 the shared part (the prompt cache) is stored once. Every jitted function here
 takes the model as an argument and compiles once per (model config, shapes):
-chunk sizes and pool capacities are powers of two, so a run compiles a handful
-of programs however many nodes it visits.
+model steps run 64, 512 or 4096 rows (``step_rows``, at most the chunk) and pool
+capacities are powers of two, so a run compiles a handful of programs however many
+nodes it visits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ from pathprob.models.base import LanguageModel, State, pad_prompts
 def bucket(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum)."""
     return 1 << (max(n, minimum) - 1).bit_length()
+
+
+SMALLEST_STEP = 64  # rows of the smallest model step: below it a step costs about the same (dispatch, weights)
+
+
+def step_rows(n: int, chunk: int) -> int:
+    """Rows of the model step that advances ``n`` paths: 64, 512, 4096, ... (x8), at most ``chunk``.
+
+    Few sizes, so a walk compiles (and, with the persistent cache, traces) few model steps:
+    a level of 9 paths pads to 64 rows, which costs about what 16 would.
+    """
+    rows = SMALLEST_STEP
+    while rows < n and rows < chunk:
+        rows *= 8
+    return min(rows, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("capacity",))
@@ -69,9 +85,15 @@ def write(pool_paths, chunk_paths, offset: jax.Array):
     return jax.tree.map(lambda p, c: jax.lax.dynamic_update_slice_in_dim(p, c, offset, axis=0), pool_paths, chunk_paths)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _zeros(like_paths, capacity: int):
+    """Zeros shaped like ``like_paths`` with a leading axis of ``capacity``: one program, not one op per leaf."""
+    return jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), like_paths)
+
+
 def empty_pool(like: State, capacity: int) -> State:
     """A pool of ``capacity`` paths shaped like ``like``'s per-path part (zeros)."""
-    return like.replace(paths=jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), like.paths))
+    return like.replace(paths=_zeros(like.paths, capacity))
 
 
 def grow(pool: State, capacity: int) -> State:
@@ -98,23 +120,28 @@ def _path_state_bytes(treedef, leaves: tuple, capacity: int) -> int:
     return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(state.paths)))
 
 
-def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: np.ndarray,
-                    chunk: int) -> tuple[State, np.ndarray]:
-    """The children (parent[i], token[i]) of pool paths as a new pool, and their next log-probs float64[n, V]."""
+def expand_children(lm: LanguageModel, pool: State, parent: np.ndarray, token: np.ndarray, chunk: int, *,
+                    states: bool = True) -> tuple[State | None, np.ndarray]:
+    """The children (parent[i], token[i]) of pool paths as a new pool, and their next log-probs float64[n, V].
+
+    With ``states=False`` only the log-probabilities are computed and the pool is None: for
+    the last level of a walk, whose children are never expanded.
+    """
     n = parent.size
-    c = min(chunk, bucket(n, 8))
+    c = step_rows(n, chunk)
     capacity = bucket(n, c)
     parent_n = np.zeros(capacity, np.int32)
     token_n = np.zeros(capacity, np.int32)
     parent_n[:n], token_n[:n] = parent, token
-    new_paths = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape[1:]), x.dtype), pool.paths)
+    new_paths = _zeros(pool.paths, capacity) if states else None
     pending = []
     # Dispatch every chunk before reading any result back: the device works while the host queues.
     for lo in range(0, n, c):
-        size = min(c, bucket(n - lo, 8))  # the last chunk shrinks to the next power of two
+        size = step_rows(n - lo, c)  # the last chunk shrinks to the next step size
         parents = pool.replace(paths=gather(pool.paths, jnp.asarray(parent_n[lo : lo + size])))
         child, logprobs_cV = advance(lm, parents, jnp.asarray(token_n[lo : lo + size]))
-        new_paths = write(new_paths, child.paths, jnp.int32(lo))
+        if states:
+            new_paths = write(new_paths, child.paths, jnp.int32(lo))
         pending.append(logprobs_cV)
     logprobs = np.concatenate([np.asarray(x) for x in pending])[:n].astype(np.float64)  # [n, V]
-    return pool.replace(paths=new_paths), logprobs
+    return (pool.replace(paths=new_paths) if states else None), logprobs

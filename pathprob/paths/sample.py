@@ -31,6 +31,7 @@ from pathprob.models.base import LanguageModel, check_max_new, encode_prompt
 from pathprob.paths.ancestral import sample_chunk, stream, to_samples
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
 from pathprob.paths.proposal import MODEL, Proposal, warp
+from pathprob.paths.results import path_lengths
 from pathprob.paths.samples import Samples, as_key, check_compatible, chunk_size
 from pathprob.paths.trie import Level, Walker
 
@@ -154,12 +155,12 @@ def draw(lm: LanguageModel, prompt: str | Sequence[int], n: int, max_new: int, *
         if parent.size == 0 or depth + 1 == max_new:
             break
         for w in walkers:
-            w.expand(parent, token)
+            w.expand(parent, token, states=depth + 2 < max_new)
     meta = {"tokenizer": lm.tokenizer, "max_new": max_new, "seed": seed, "key_data": key_data, "chunk": chunk,
             "proposal": {**dataclasses.asdict(proposal), "other_model": False}}
     done = {name: np.concatenate([d[name] for d in policy.done]) for name in policy.done[0]}
     tokens, count, logp, logq = (done.pop(name) for name in ("tokens", "count", "logp", "logq"))
-    parts = [Samples(tokens=tokens, lengths=(tokens >= 0).sum(axis=1).astype(np.int32),
+    parts = [Samples(tokens=tokens, lengths=path_lengths(tokens),
                      eos=(tokens == lm.eos_id).any(axis=1), logp=logp, logq=logq, extras=done, count=count, **meta)]
     if policy.handoff is not None:
         parts += _finish(walkers, policy, proposal, finish_key, chunk, meta)
@@ -209,7 +210,7 @@ def _finish(walkers: list[Walker], policy: Counting, proposal: Proposal, key, ch
         tokens = np.concatenate([level.tokens[mine], tail.tokens], axis=1)
         extras = {name: policy.sums[name][mine] + tail.extras[name] for name in track}
         parts.append(dataclasses.replace(
-            tail, tokens=tokens, lengths=(tokens >= 0).sum(axis=1).astype(np.int32),
+            tail, tokens=tokens, lengths=path_lengths(tokens),
             logp=scored.logp[mine] + tail.logp, logq=policy.logq[mine] + tail.logq, extras=extras,
             count=np.ones(m, np.int64)))
     return parts

@@ -80,7 +80,8 @@ class Samples:
         return self._take(index, count=None)
 
     def _take(self, index: np.ndarray, count: np.ndarray | None) -> Samples:
-        return dataclasses.replace(self, tokens=self.tokens[index], lengths=self.lengths[index], eos=self.eos[index],
+        return dataclasses.replace(self, tokens=np.take(self.tokens, index, axis=0), lengths=self.lengths[index],
+                                   eos=self.eos[index],
                                    logp=self.logp[index], logq=self.logq[index],
                                    extras={k: v[index] for k, v in self.extras.items()}, count=count)
 

@@ -44,7 +44,7 @@ from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, State, check_max_new, encode_prompt, repeat_paths, take_paths
 from pathprob.paths import frontier
 from pathprob.paths.intervals import clip, widen, z_quantile
-from pathprob.paths.results import Estimate
+from pathprob.paths.results import Estimate, path_lengths
 from pathprob.paths.running import Method, OnChunk, Run, report_once
 from pathprob.paths.samples import as_key, contains
 from pathprob.paths.sets import PathSet
@@ -138,7 +138,7 @@ def sample_distinct(lm: LanguageModel, prompt: str | Sequence[int], k: int, max_
     phi = np.asarray(out["phi"][:kept], np.float64)
     log_q = np.log(-np.expm1(-np.exp(phi - kappa))) if kappa > -math.inf else np.zeros(kept)
     tokens = out["tokens"][:kept]
-    return DistinctSample(tokens=tokens, lengths=(tokens >= 0).sum(axis=1).astype(np.int32),
+    return DistinctSample(tokens=tokens, lengths=path_lengths(tokens),
                           logp=np.asarray(out["step_logp"][:kept], np.float64).sum(axis=1), log_q=log_q,
                           kappa=kappa, complete=found <= k)
 

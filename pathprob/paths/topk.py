@@ -20,7 +20,7 @@ from pathprob.models.base import LanguageModel, is_count
 from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, listed_paths_bound, monte_carlo
 from pathprob.paths.enumerate import check_request
-from pathprob.paths.results import PathTable, log1mexp, logsumexp64
+from pathprob.paths.results import PathTable, log1mexp, logsumexp64, path_lengths
 
 class _Node:
     """A prefix or path of the top-k search, stored by parent pointer: the same few bytes at any depth.
@@ -152,7 +152,7 @@ def top_k(
     for i, (_, _, node) in enumerate(results):
         seq = node.tokens()
         tokens[i, : len(seq)] = seq
-    lengths = (tokens >= 0).sum(axis=1).astype(np.int32)
+    lengths = path_lengths(tokens)
     is_eos = tokens[np.arange(len(results)), np.maximum(lengths - 1, 0)] == eos
     log_covered = logsumexp64(logp)
     stats = {"nodes": nodes, "seconds": time.perf_counter() - t0, "k": k,
