@@ -188,7 +188,7 @@ class TrainConfig:
     positional: Literal["learned", "rope"] = "learned"
     tie_embeddings: bool = True
     dtype: Literal["float32", "bfloat16"] = "float32"
-    # Probes of the path distribution during training (pathprob.analysis.probes); 0 = off.
+    # Probes of the path distribution during training (pathprob.probes); 0 = off.
     # Empty prompts / None sets / max_new 0 take the language's defaults (probes.probe_spec).
     probe_every: int = 0
     probe_prompts: tuple[str, ...] = ()

@@ -38,6 +38,7 @@ from pathprob.errors import CheckpointError, TrainingError
 from pathprob.models.base import LanguageModel
 from pathprob.models.transformer import Transformer, TransformerLM, init_transformer
 from pathprob.paths.score import score_paths
+from pathprob.probes import make_prober
 from pathprob.rundir import append_metrics, locked, truncate_metrics
 
 # Fields of a TrainConfig that say where a run lives, not what it is: a moved run resumes.
@@ -295,8 +296,6 @@ class _Probes:
     """The run's Prober (truth side computed once) applied to the current parameters."""
 
     def __init__(self, cfg: TrainConfig, language, truth, graphdef, model_cfg):
-        from pathprob.analysis.probes import make_prober  # analysis sits above training
-
         self.prober = make_prober(cfg, language, truth=truth)
         self.graphdef, self.model_cfg, self.tokenizer = graphdef, model_cfg, language.tokenizer
 

@@ -12,8 +12,8 @@ from test_exact import brute_force, random_lm
 
 import pathprob as pp
 from pathprob.analysis import ablate as ablate_module
-from pathprob.analysis import probes
-from pathprob.analysis.probes import Prober, ProbeSpec
+from pathprob import probes
+from pathprob.probes import Prober, ProbeSpec
 from pathprob.errors import BudgetExceededError
 from pathprob.paths import divergence, frontier
 from pathprob.paths import score as score_module

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import pathprob as pp
 from pathprob.analysis.dynamics import training_dynamics
-from pathprob.analysis.probes import Prober, ProbeSpec, probe_spec
+from pathprob.probes import Prober, ProbeSpec, probe_spec
 from pathprob.paths.divergence import lumped_kl
 from pathprob.paths.intervals import LOGP_ROUNDING
 from pathprob.cli import app

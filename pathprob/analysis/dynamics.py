@@ -13,7 +13,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from pathprob.analysis.probes import Prober, probe_spec
+from pathprob.probes import Prober, probe_spec
 from pathprob.checkpoint import Checkpoints
 from pathprob.config import TrainConfig
 from pathprob.data.languages import get_language

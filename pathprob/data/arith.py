@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -19,9 +19,8 @@ import numpy as np
 from pathprob.data.base import ANY_PATH, numpy_rng, unknown_path_set
 from pathprob.data.tokenizer import CharTokenizer
 from pathprob.errors import PathprobError
+from pathprob.models.truth import AutomatonTruth  # a language sits above the model of its exact truth
 
-if TYPE_CHECKING:
-    from pathprob.models.truth import AutomatonTruth
 
 STATEMENT_LEN = 6  # a + b = c ;
 
@@ -77,7 +76,6 @@ class Arith:
 
     def truth(self) -> AutomatonTruth:
         """The exact process as an automaton (uniform a and b, every other token determined)."""
-        from pathprob.models.truth import AutomatonTruth  # models sit above data
 
         probs_SV, next_state_SV, start, dead = self._automaton()
         return AutomatonTruth.from_tables(probs_SV, next_state_SV, self.tokenizer, max_len=self.max_len,

@@ -50,7 +50,7 @@ import dataclasses
 import functools
 import re
 import string
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -58,9 +58,8 @@ import numpy as np
 from pathprob.data.base import ANY_PATH, categorical, numpy_rng, unknown_path_set
 from pathprob.data.tokenizer import CharTokenizer
 from pathprob.errors import PathprobError
+from pathprob.models.truth import ConceptsTruth  # a language sits above the model of its exact truth
 
-if TYPE_CHECKING:
-    from pathprob.models.truth import ConceptsTruth
 
 SEED = 2022
 
@@ -234,7 +233,6 @@ class Concepts:
 
     def truth(self) -> ConceptsTruth:
         """The exact mixture of HMMs (forward algorithm over concept x hidden state)."""
-        from pathprob.models.truth import ConceptsTruth  # models sit above data
 
         return ConceptsTruth.from_hmms(self.hmms, self.tokenizer, self.example_len, self.n_examples)
 
