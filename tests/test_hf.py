@@ -574,22 +574,42 @@ def test_cli_refusals_exit_2_with_one_line(args, fragment):
 # --- end to end: a tiny byte-level BPE tokenizer.json with a tiny random model ---------------------------
 
 
-def test_every_engine_runs_on_a_tokenizer_json_model(tmp_path):
-    """hf:DIR with a trained byte-level BPE: score, exact enumeration and sampling against the reference."""
+def tiny_bpe_model(directory):
+    """A Llama-family model with random weights over a trained 60-token byte-level BPE, in the HF layout.
+
+    Returns (config, float64 tensors, number of tokens) for the NumPy reference.
+    """
     from bpe_fixtures import BYTE_LEVEL_EOS, byte_level_bpe
 
-    byte_level_bpe(tmp_path, vocab_size=60, full_alphabet=False)
-    vocab = json.loads((tmp_path / "tokenizer.json").read_text())
+    byte_level_bpe(directory, vocab_size=60, full_alphabet=False)
+    vocab = json.loads((directory / "tokenizer.json").read_text())
     n_tokens = len(vocab["model"]["vocab"] | {t["content"]: t["id"] for t in vocab["added_tokens"]})
-    architecture, base, make, reference = FAMILIES["llama"]
+    architecture, base, make, _ = FAMILIES["llama"]
     config = {"architectures": [architecture], **base, "vocab_size": n_tokens, "bos_token_id": BYTE_LEVEL_EOS,
               "eos_token_id": BYTE_LEVEL_EOS}
     tensors = {k: v[:n_tokens] if k in ("model.embed_tokens.weight", "lm_head.weight") else v
                for k, v in make(config | {"vocab_size": V}, np.random.default_rng(7)).items()}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    tensors64 = {k: v.astype(np.float64) for k, v in tensors.items()}
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(directory / "model.safetensors"))
+    return config, {k: v.astype(np.float64) for k, v in tensors.items()}, n_tokens
 
+
+def brute_force_paths(reference, tensors64, config, ids, n_tokens, eos) -> dict[tuple[int, ...], float]:
+    """log p of every path of up to 2 tokens after ``ids``, from the float64 reference."""
+    first = reference(tensors64, config, np.asarray([ids]))[0, -1]
+    firsts = [a for a in range(n_tokens) if a != eos]
+    after = reference(tensors64, config, np.asarray([ids + [a] for a in firsts]))[:, -1]
+    brute = {(eos,): first[eos]}
+    brute |= {(a, b): first[a] + after[j, b] for j, a in enumerate(firsts) for b in range(n_tokens)}
+    return brute
+
+
+def test_every_engine_runs_on_a_tokenizer_json_model(tmp_path):
+    """hf:DIR with a trained byte-level BPE: score, exact enumeration and sampling against the reference."""
+    from bpe_fixtures import BYTE_LEVEL_EOS
+
+    config, tensors64, n_tokens = tiny_bpe_model(tmp_path)
+    reference = FAMILIES["llama"][3]
     lm = pp.open_model(f"hf:{tmp_path}")
     assert lm.vocab_size == lm.tokenizer.vocab_size == n_tokens and lm.eos_id == BYTE_LEVEL_EOS
     prompt = "the cat"
@@ -606,11 +626,7 @@ def test_every_engine_runs_on_a_tokenizer_json_model(tmp_path):
 
     table = pp.enumerate_paths(lm, prompt, 2)
     assert math.isclose(math.exp(table.log_covered), 1.0, abs_tol=1e-5) and len(table) == 1 + (n_tokens - 1) * n_tokens
-    first = reference(tensors64, config, np.asarray([ids]))[0, -1]
-    firsts = [a for a in range(n_tokens) if a != BYTE_LEVEL_EOS]
-    after = reference(tensors64, config, np.asarray([ids + [a] for a in firsts]))[:, -1]
-    brute = {(BYTE_LEVEL_EOS,): first[BYTE_LEVEL_EOS]}
-    brute |= {(a, b): first[a] + after[j, b] for j, a in enumerate(firsts) for b in range(n_tokens)}
+    brute = brute_force_paths(reference, tensors64, config, ids, n_tokens, BYTE_LEVEL_EOS)
     got = {tuple(int(t) for t in row[:n]): lp for row, n, lp in zip(table.tokens, table.lengths, table.logp)}
     assert set(got) == set(brute)
     paths = sorted(brute)
@@ -621,3 +637,42 @@ def test_every_engine_runs_on_a_tokenizer_json_model(tmp_path):
     for row, lp in zip(samples.tokens, samples.logp):
         path = tuple(int(t) for t in row if t >= 0)
         assert math.isclose(lp, brute[path], abs_tol=TOL), path
+
+
+def test_path_sets_over_bpe_tokens_equal_brute_force(tmp_path):
+    """Exact mass of a regex over the BPE model (its token automaton prunes the walk), top-k and the exact
+    entropy equal brute force over every path; DFA-guided SMC and plain MC cover the exact mass.
+
+    A path is in the set when its decoded text matches, whichever tokens spell it (non-canonical
+    tokenisations included): the brute force decodes every token sequence.
+    """
+    import re
+
+    from bpe_fixtures import BYTE_LEVEL_EOS
+
+    config, tensors64, n_tokens = tiny_bpe_model(tmp_path)
+    lm = pp.open_model(f"hf:{tmp_path}")
+    prompt = "the cat"
+    ids = lm.tokenizer.encode(prompt)
+    brute = brute_force_paths(FAMILIES["llama"][3], tensors64, config, ids, n_tokens, BYTE_LEVEL_EOS)
+    pattern = " ?[a-z]+"
+    text = lambda path: lm.tokenizer.decode([t for t in path if t != BYTE_LEVEL_EOS])
+    inside = [p for p in brute if re.fullmatch(pattern, text(p), re.DOTALL)]
+    assert 0 < len(inside) < len(brute) and any(len(p) == 2 and len(text(p)) > 2 for p in inside)
+    exact = math.fsum(math.exp(brute[p]) for p in inside)
+
+    est = pp.mass(lm, prompt, pp.Regex(pattern), 2)
+    assert est.exact and est.value == pytest.approx(exact, rel=0, abs=1e-5)
+    assert est.details["nodes"] < 1 + n_tokens  # the automaton kept the walk off dead first tokens
+
+    best = sorted(brute, key=brute.get, reverse=True)[:5]
+    top = pp.top_k(lm, prompt, 5, 2)
+    assert [tuple(int(t) for t in row[:n]) for row, n in zip(top.tokens, top.lengths)] == best
+    np.testing.assert_allclose(top.logp, [brute[p] for p in best], rtol=0, atol=TOL)
+
+    entropy = -math.fsum(math.exp(lp) * lp for lp in brute.values())
+    assert pp.entropy(lm, prompt, 2).value == pytest.approx(entropy, rel=0, abs=1e-4)
+
+    for method in ("smc", "mc"):
+        sampled = pp.mass(lm, prompt, pp.Regex(pattern), 2, method=method, n=4096, key=0)
+        assert sampled.lower <= exact <= sampled.upper, (method, sampled)
