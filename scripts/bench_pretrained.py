@@ -9,7 +9,8 @@ pieces over GPT-2's byte alphabet; no merges, so it stands in for the vocabulary
 - teacher-forced tokens/s (one full forward over B x T tokens, log-probabilities of the targets);
 - sampled tokens/s at B = 1 and B = 64: ancestral sampling with the KV cache (``start`` once, then
   ``advance`` in a ``lax.scan``) vs without a cache (the whole prefix recomputed every step);
-- the token-automaton build time of a regex over the 50257-token vocabulary, and its cached read.
+- the token-automaton build time of a regex over the 50257-token vocabulary, and its cached read;
+- the exact, automaton-pruned mass of that set over two tokens, and its DFA-guided SMC estimate.
 
 Each timing is the median of ``--rounds`` runs after one compile run. ``--quick``: a small
 model (2 layers, width 128) with the same vocabulary, few tokens, to check the script runs.
@@ -155,31 +156,13 @@ def main() -> None:
         t = time.perf_counter()
         count = write_gpt2(model_dir, **shape)
         write_seconds = time.perf_counter() - t
-        try:
-            write_tokenizer(model_dir)
-            has_tokenizer = True
-        except ImportError:
-            has_tokenizer = False
+        write_tokenizer(model_dir)
         result = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "dtype": args.dtype,
                   "parameters": count, **shape, "vocab": VOCAB, "write_s": write_seconds, "rounds": args.rounds}
-
-        if has_tokenizer:
-            t = time.perf_counter()
-            lm = pp.open_model(f"hf:{model_dir}", dtype=args.dtype)
-            jax.block_until_ready(lm.params)
-            result["load_s"] = time.perf_counter() - t
-        else:  # no pathprob.data.hf_tokenizer: the weights alone, with a stand-in tokenizer
-            from pathprob.data.tokenizer import CharTokenizer
-            from pathprob.models import hf
-            from pathprob.models.transformer import TransformerLM
-
-            t = time.perf_counter()
-            pretrained, graphdef, params = hf.load_transformer(model_dir, dtype=args.dtype)
-            jax.block_until_ready(params)
-            result["load_s"] = time.perf_counter() - t
-            tokens = tuple(chr(0x4E00 + i) for i in range(VOCAB))
-            lm = TransformerLM(params=params, graphdef=graphdef, config=pretrained.config,
-                               tokenizer=CharTokenizer(tokens=tokens, eos=tokens[-1]))
+        t = time.perf_counter()
+        lm = pp.open_model(f"hf:{model_dir}", dtype=args.dtype)
+        jax.block_until_ready(lm.params)
+        result["load_s"] = time.perf_counter() - t
 
         rng = np.random.default_rng(2)
         docs = jnp.asarray(rng.integers(0, VOCAB - 1, (tf_batch, tf_len + 1)), jnp.int32)
@@ -201,19 +184,28 @@ def main() -> None:
             row["kv_over_no_cache"] = row["kv_cache_tokens_per_s"] / row["no_cache_tokens_per_s"]
             result["sampling"].append(row)
 
-        if has_tokenizer:
-            try:
-                from pathprob.paths.token_automaton import token_automaton
-            except ImportError:
-                token_automaton = None
-            if token_automaton is not None:
-                t = time.perf_counter()
-                transitions, _, _ = token_automaton(REGEX, lm.tokenizer)
-                built = time.perf_counter() - t
-                t = time.perf_counter()
-                token_automaton(REGEX, lm.tokenizer)
-                result["automaton"] = {"regex": REGEX, "vocab": lm.tokenizer.vocab_size, "states": transitions.shape[0],
-                                       "build_s": built, "cached_read_s": time.perf_counter() - t}
+        from pathprob.paths.token_automaton import token_automaton
+
+        t = time.perf_counter()
+        transitions, _, _ = token_automaton(REGEX, lm.tokenizer)
+        built = time.perf_counter() - t
+        t = time.perf_counter()
+        token_automaton(REGEX, lm.tokenizer)
+        result["automaton"] = {"regex": REGEX, "vocab": lm.tokenizer.vocab_size, "states": transitions.shape[0],
+                               "build_s": built, "cached_read_s": time.perf_counter() - t}
+
+        # The engines at V = 50k: the exact, automaton-pruned mass of a number over two tokens, and
+        # DFA-guided SMC of the same set (first call compiles; the second is timed).
+        prompt = lm.tokenizer.decode(prompt_P.tolist())
+        engines = {"exact": lambda: pp.mass(lm, prompt, pp.Regex(REGEX), 2),
+                   "smc": lambda: pp.mass(lm, prompt, pp.Regex(REGEX), 2, method="smc", n=256, key=0)}
+        result["engines"] = {}
+        for name, run in engines.items():
+            run()
+            t = time.perf_counter()
+            est = run()
+            result["engines"][name] = {"seconds": time.perf_counter() - t, "value": est.value, "lower": est.lower,
+                                       "upper": est.upper, "nodes": est.details.get("nodes")}
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -233,11 +225,15 @@ def main() -> None:
               f"| {row['kv_cache_tokens_per_s']:,.0f} tokens/s |")
         print(f"| sampled, B {row['batch']}, no cache (prefix recomputed) "
               f"| {row['no_cache_tokens_per_s']:,.0f} tokens/s (the KV cache is {row['kv_over_no_cache']:.1f}x faster) |")
-    if "automaton" in r:
-        a = r["automaton"]
-        print(f"| token automaton of `{a['regex']}`, V {a['vocab']:,} ({a['states']} states): build | "
-              f"{a['build_s']:.2f} s |")
-        print(f"| the same, read back from the disk cache | {a['cached_read_s']:.3f} s |")
+    a = r["automaton"]
+    print(f"| token automaton of `{a['regex']}`, V {a['vocab']:,} ({a['states']} states): build | "
+          f"{a['build_s']:.2f} s |")
+    print(f"| the same, read back from the disk cache | {a['cached_read_s']:.3f} s |")
+    e = r["engines"]
+    print(f"| exact mass of that set, max_new 2 ({e['exact']['nodes']:,} prefixes expanded) "
+          f"| {e['exact']['seconds']:.2f} s: {e['exact']['value']:.4g} |")
+    print(f"| DFA-guided SMC of the same mass, n = 256 | {e['smc']['seconds']:.2f} s: {e['smc']['value']:.4g} "
+          f"[{e['smc']['lower']:.4g}, {e['smc']['upper']:.4g}] |")
     else:
         print("| token automaton | not measured (no pathprob.data.hf_tokenizer / token_automaton) |")
 

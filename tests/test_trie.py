@@ -17,8 +17,9 @@ from test_exact import _full_logprobs, all_paths, brute_force, random_lm
 import pathprob as pp
 from pathprob.models.base import pad_prompts, start_one
 from pathprob.paths import frontier, sample
+from pathprob.paths import score as score_module
 from pathprob.paths.score import score_paths
-from pathprob.paths.trie import Walker
+from pathprob.paths.trie import Walker, walk
 
 PROMPTS = [[0, 1, 2], [0], [0, 3, 3, 1, 4], [0, 2]]  # lengths 3, 1, 5, 2: padded to 8 in one start
 FALSE_FAILURE = 1e-3  # per chi-square test
@@ -82,6 +83,37 @@ def test_score_walks_distinct_prefixes_and_equals_full_forward(lm):
         mine = root == r
         np.testing.assert_allclose(many[mine], pp.score(lm, prompt, [list(p) for p in np.asarray(paths,
                                    dtype=object)[mine]]), rtol=0, atol=1e-5)
+
+
+def test_scoring_unshared_paths_teacher_forced_equals_the_walk(lm, monkeypatch):
+    """Paths that share few prefixes are scored by teacher-forced forwards: the same scores as the walk
+    (float32 per token), and chosen only when they take fewer than twice as many positions as the walk steps."""
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 5, (40, 10)).astype(np.int32)  # random: shared prefixes of 2 or 3 tokens at most
+    tokens[::3, 8:] = -1  # some shorter paths
+    root = np.arange(40) % len(PROMPTS)
+    prompts = [np.asarray(p) for p in PROMPTS]
+    lengths = (tokens >= 0).sum(axis=1)
+    walked = []
+    monkeypatch.setattr(score_module, "walk", lambda *a, **k: walked.append(1) or walk(*a, **k))
+    forced = score_paths(lm, prompts, root, tokens)
+    steps = score_module.trie_evaluations(root, tokens, lengths)
+    positions = (np.asarray([len(p) for p in PROMPTS])[root] + lengths).sum()
+    assert positions < 2 * steps and not walked  # teacher-forced
+    by_walk = score_paths(lm, prompts, root, tokens, on_step=lambda *args: None)  # per-step views need the walk
+    assert walked
+    np.testing.assert_allclose(forced, by_walk, rtol=0, atol=1e-5)
+    for r, prompt in enumerate(PROMPTS):
+        ids = [np.asarray([[*prompt, *row[:n]]]) for row, n in zip(tokens[root == r], lengths[root == r])]
+        want = [float(np.asarray(_full_logprobs(lm, jnp.asarray(i)))[0, len(prompt) - 1:-1][np.arange(i.shape[1] - len(prompt)), i[0, len(prompt):]].sum()) for i in ids]
+        np.testing.assert_allclose(forced[root == r], want, rtol=0, atol=1e-5)
+    # Shared prefixes: the walk takes far fewer steps than the positions, and is used.
+    shared = np.tile(tokens[1:2, :6], (40, 1))
+    shared[:, -1] = np.arange(40) % 5
+    assert score_module.trie_evaluations(np.zeros(40, np.int64), shared, (shared >= 0).sum(axis=1)) == 5  # prefixes of 1..5 tokens
+    walked.clear()
+    score_paths(lm, prompts[:1], np.zeros(40, np.int64), shared)
+    assert walked
 
 
 def _exact_path_probs(lm, prompt, max_new):

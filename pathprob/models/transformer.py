@@ -196,17 +196,19 @@ class Transformer(nnx.Module):
         Training calls the model directly: under ``grad`` the sequential sub-batches
         cost more in the backward pass than they save.
         """
-        B, T = tokens_BT.shape
-        rows = max(1, _CPU_CHUNK_TOKENS // T)
-        if B <= rows:
-            return self(tokens_BT)
+        return _in_sub_batches(self, tokens_BT)
 
-        def chunked(tokens_BT):
-            padded = jnp.pad(tokens_BT, ((0, -B % rows), (0, 0)))
-            logits = jax.lax.map(self, padded.reshape(-1, rows, T))
-            return logits.reshape(-1, T, logits.shape[-1])[:B]
+    def token_logprobs(self, tokens_BT: jax.Array) -> jax.Array:
+        """float32[B, T - 1]: log p(tokens[:, t + 1] | tokens[:, :t + 1]), teacher-forced.
 
-        return jax.lax.platform_dependent(tokens_BT, cpu=chunked, default=self)
+        Sub-batched like ``teacher_forced_logits``, and each sub-batch keeps only the
+        log-probabilities of its next tokens, so no [B, T, V] array is ever made.
+        """
+        def picked(tokens_bT):
+            logprobs = jax.nn.log_softmax(self(tokens_bT[:, :-1]))
+            return jnp.take_along_axis(logprobs, tokens_bT[:, 1:, None], axis=-1)[..., 0]
+
+        return _in_sub_batches(picked, tokens_BT)
 
     def decode(self, tokens_B, root_B, length_B, prompt, suffix_k, suffix_v):
         """One decoding step for B paths, each after prompt ``root_B`` of the stacked prompt caches.
@@ -248,6 +250,21 @@ class Transformer(nnx.Module):
         suffix = _softmax_part(jnp.where(visible_BC[:, None, None, :], s_suffix, _NEG), sv)
         prompt = _prompt_part(q_BKGd, pk, pv, root_B, prompt_len_B, scale)
         return _merge(prompt, suffix).reshape(B, H, Dh)
+
+
+def _in_sub_batches(fn, tokens_BT: jax.Array) -> jax.Array:
+    """``fn(tokens_BT)``; on the CPU as a ``lax.map`` over sub-batches of about ``_CPU_CHUNK_TOKENS`` tokens."""
+    B, T = tokens_BT.shape
+    rows = max(1, _CPU_CHUNK_TOKENS // T)
+    if B <= rows:
+        return fn(tokens_BT)
+
+    def chunked(tokens_BT):
+        padded = jnp.pad(tokens_BT, ((0, -B % rows), (0, 0)))
+        out = jax.lax.map(fn, padded.reshape(-1, rows, T))
+        return out.reshape(-1, *out.shape[2:])[:B]
+
+    return jax.lax.platform_dependent(tokens_BT, cpu=chunked, default=fn)
 
 
 _GROUP = 64  # paths per group when several prompt caches are read (``_prompt_part``)
@@ -373,6 +390,14 @@ class TransformerLM:
 
     def next_logprobs(self, state: State) -> jax.Array:
         return state.paths["logprobs"]
+
+    def token_logprobs(self, tokens_BT: jax.Array) -> jax.Array:
+        """float32[B, T - 1]: each next token's log-probability, by one teacher-forced forward.
+
+        Optional in the LanguageModel protocol: scoring uses it when the paths share few
+        prefixes (``pathprob.paths.score``), where walking their trie would cost as many steps.
+        """
+        return self.module.token_logprobs(jnp.asarray(tokens_BT, jnp.int32))
 
     def advance(self, state: State, tokens_B: jax.Array) -> State:
         paths = state.paths

@@ -6,6 +6,12 @@ once per path), in the walk's power-of-two chunks. Per-token log-probabilities a
 float32 from the model, summed per path on the host in float64. The paths are walked
 in groups whose widest level fits the budget (sorted, so that a group's paths share
 prefixes); the number of evaluations is at most paths × tokens.
+
+Paths that share few prefixes gain nothing from the trie: a walk step per token costs more
+than a position of a teacher-forced forward (each step copies the paths' caches). A model
+that offers ``token_logprobs`` (the Transformer) scores those by teacher-forced forwards of
+prompt + path instead, when they take fewer than twice as many positions as the walk takes
+steps (``trie_evaluations``).
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pathprob.errors import BadPromptError
 from pathprob.models.base import LanguageModel, encode_prompt, token_ids
 from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
+from pathprob.paths.results import path_lengths
 from pathprob.paths.trie import DEFAULT_CHUNK, Level, level_bytes, walk
 
 
@@ -122,10 +130,14 @@ def score_paths(lm: LanguageModel, prompts: Sequence[np.ndarray], root: np.ndarr
     next-token log-probabilities before it.
     """
     root = np.asarray(root, np.int64)
-    lengths = (tokens >= 0).sum(axis=1)
+    lengths = path_lengths(tokens)
     logp = np.zeros(tokens.shape[0], np.float64)
     if tokens.shape[0] == 0 or lengths.max() == 0:
         return logp
+    if on_step is None and hasattr(lm, "token_logprobs"):
+        positions = np.asarray([len(p) for p in prompts])[root] + lengths
+        if positions.sum() < 2 * trie_evaluations(root, tokens, lengths):
+            return teacher_forced(lm, prompts, root, tokens, lengths)
     length = int(lengths.max())
     rows = group_rows(lm, length, budget, chunk)
     order = np.lexsort((*tokens[:, ::-1].T, root)) if tokens.shape[0] > rows else np.arange(tokens.shape[0])
@@ -136,6 +148,61 @@ def score_paths(lm: LanguageModel, prompts: Sequence[np.ndarray], root: np.ndarr
         walk(lm, prompts, int(lengths[index].max()), policy, chunk=chunk, budget=budget, prompt_width=prompt_width)
         logp[index] = policy.logp
     return logp
+
+
+def trie_evaluations(root: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> int:
+    """How many model steps walking the paths' trie takes: one per distinct proper prefix (roots excluded).
+
+    In sorted order a path adds the prefixes longer than the part it shares with the path before it.
+    """
+    order = np.lexsort((*tokens[:, ::-1].T, root))
+    sorted_tokens, sorted_root = np.take(tokens, order, axis=0), root[order]
+    shared = np.zeros(order.size, np.int64)  # tokens shared with the previous path (same root)
+    if order.size > 1:
+        same = sorted_tokens[1:] == sorted_tokens[:-1]
+        run = np.where(same.all(axis=1), tokens.shape[1], np.argmin(same, axis=1))
+        shared[1:] = np.where(sorted_root[1:] == sorted_root[:-1], run, 0)
+    return int(np.maximum(lengths[order] - 1 - shared, 0).sum())
+
+
+TEACHER_FORCED_TOKENS = 1 << 16  # tokens per teacher-forced call (the model sub-batches them further)
+
+
+def teacher_forced(lm: LanguageModel, prompts: Sequence[np.ndarray], root: np.ndarray, tokens: np.ndarray,
+                   lengths: np.ndarray) -> np.ndarray:
+    """float64[M]: the scores of ``score_paths`` by teacher-forced forwards of prompt + path (``lm.token_logprobs``).
+
+    For paths that share few prefixes: the trie would take about one step per token anyway,
+    and a step costs more than a position of one forward over the whole sequence. Rows are
+    padded to a power of two of tokens (at most the model's context) and go in groups of a
+    power of two, so calls compile a handful of programs. Per-token log-probabilities are
+    float32, summed per path on the host in float64.
+    """
+    prompt_len = np.asarray([len(p) for p in prompts], np.int64)[root]
+    total = prompt_len + lengths
+    width = max(min(frontier.bucket(int(total.max())), lm.max_len), int(total.max()))
+    rows = np.zeros((tokens.shape[0], width), np.int32)
+    for r, prompt in enumerate(prompts):
+        rows[root == r, : len(prompt)] = prompt
+    at = np.arange(tokens.shape[1])
+    inside = at[None, :] < lengths[:, None]
+    cols = prompt_len[:, None] + at[None, :]
+    rows[np.nonzero(inside)[0], cols[inside]] = tokens[inside]
+    targets = (np.arange(width - 1)[None, :] >= prompt_len[:, None] - 1) & \
+              (np.arange(width - 1)[None, :] < total[:, None] - 1)
+    group = frontier.bucket(min(tokens.shape[0], max(1, TEACHER_FORCED_TOKENS // width)))
+    out = np.zeros(tokens.shape[0], np.float64)
+    for lo in range(0, tokens.shape[0], group):
+        chunk = np.zeros((group, width), np.int32)
+        chunk[: min(group, rows.shape[0] - lo)] = rows[lo : lo + group]
+        logp = np.asarray(_token_logprobs(lm, jnp.asarray(chunk)), np.float64)[: rows.shape[0] - lo]
+        out[lo : lo + group] = np.where(targets[lo : lo + group], logp, 0.0).sum(axis=1)
+    return out
+
+
+@jax.jit
+def _token_logprobs(lm, tokens_BT):
+    return lm.token_logprobs(tokens_BT)
 
 
 def score(lm: LanguageModel, prompt: str | Sequence[int], continuations, *,
