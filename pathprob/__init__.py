@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from pathprob import devices, distributed
 from pathprob.analysis.ablate import Ablation, ablate
 from pathprob.analysis.compare import Comparison, compare
 from pathprob.analysis.concept_test import ConceptTest, concept_test
@@ -42,5 +43,5 @@ __all__ = [
     "BadPromptError", "BudgetExceededError", "CharTokenizer", "CheckpointError", "HFTokenizer", "LanguageModel",
     "ModelConfig", "PathprobError", "State", "Tokenizer", "TrainConfig", "TrainingError", "Transformer",
     "TransformerLM", "UnknownSpecError",
-    "describe_model", "enable_compile_cache", "get_language", "open_model", "score", "train",
+    "describe_model", "devices", "distributed", "enable_compile_cache", "get_language", "open_model", "score", "train",
 ]

@@ -16,6 +16,11 @@ All items are written by one orbax save into ``DIR/<step>.orbax-checkpoint-tmp``
 into place only when complete, so they appear together or not at all; a process killed mid-save
 leaves only the tmp directory, which is never listed as a step (and is replaced when that step is
 saved again).
+
+Several devices and processes: a save of arrays sharded or replicated over a mesh writes each
+array once (orbax coordinates the processes of a ``pp.distributed`` job, and every one of them
+must call ``save``); a load restores onto the shardings of its abstract leaves, so a checkpoint
+written on 8 devices loads onto 1, 3 or 16.
 """
 
 from __future__ import annotations
@@ -256,10 +261,15 @@ def _rebuild(tree: Any, wanted: dict[str, Any], treedef: Any) -> Any:
 
 
 def _abstract_leaf(leaf: Any) -> jax.ShapeDtypeStruct:
-    """A ShapeDtypeStruct with a sharding (orbax warns without one)."""
+    """A ShapeDtypeStruct with a sharding (orbax warns without one).
+
+    The leaf's own sharding when it has one (e.g. replicated over a training mesh: orbax then
+    restores onto that mesh, whatever the device count at save), else this process's first
+    device (under ``pp.distributed`` every process reads its own copy).
+    """
     if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
         leaf = np.asarray(leaf)
-    sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = getattr(leaf, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding)
 
 

@@ -14,15 +14,22 @@ A step whose loss or gradients are non-finite leaves the parameters unchanged
 ``max_nonfinite`` consecutive steps were skipped; the next read-back stops the run with a
 ``TrainingError`` naming that step, before any NaN reaches the parameters, a checkpoint or
 ``metrics.jsonl``.
+
+On several devices (``devices=``, default every device; ``pathprob.devices``) training is data
+parallel on the engines' mesh: each step's batch is split along its rows over the devices (padded
+with empty rows, which the loss mask ignores, to a multiple of their number), parameters and
+optimizer state are replicated, and XLA sums the gradients across devices. Losses equal the
+one-device run's to float32 rounding (the sums run in another order); one device takes the
+one-device program. Under ``pp.distributed`` every process runs the same loop on the same
+batches; process 0 alone writes metrics and holds the run's lock, and orbax coordinates the
+checkpoint saves. Checkpoints restore onto any number of devices (orbax reshards to the target).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import importlib.metadata
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -31,15 +38,20 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pathprob import distributed
 from pathprob.checkpoint import OPT_STATE, PARAMS, Checkpoints
 from pathprob.config import TrainConfig, config_diff
 from pathprob.data.languages import get_language
+from pathprob.devices import Placement
+from pathprob.devices import current as current_devices
+from pathprob.devices import using as on_devices
 from pathprob.errors import CheckpointError, TrainingError
 from pathprob.models.base import LanguageModel
 from pathprob.models.transformer import Transformer, TransformerLM, init_transformer
 from pathprob.paths.score import score_paths
 from pathprob.probes import make_prober
 from pathprob.rundir import append_metrics, locked, truncate_metrics
+from pathprob.train_progress import Meter, Progress
 
 # Fields of a TrainConfig that say where a run lives, not what it is: a moved run resumes.
 _LOCATION_FIELDS = ("out",)
@@ -81,11 +93,13 @@ def _update_watch(watch: dict, streak: jax.Array, max_nonfinite: int) -> dict:
     return {"step": step, "streak": streak, "diverged_at": jnp.where(reached, step, watch["diverged_at"])}
 
 
-def _make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, max_nonfinite: int):
+def _make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, max_nonfinite: int,
+                where: Placement | None = None):
+    """The jitted (train_step, eval loss); on a mesh, batch rows sharded and everything else replicated."""
+
     def loss_of_params(params, tokens_BT):
         return _loss(nnx.merge(graphdef, params), tokens_BT)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, opt_state, watch, tokens_BT):
         loss, grads = jax.value_and_grad(loss_of_params)(params, tokens_BT)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -93,7 +107,22 @@ def _make_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, max_no
         watch = _update_watch(watch, opt_state.notfinite_count, max_nonfinite)
         return params, opt_state, watch, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    return train_step, jax.jit(loss_of_params)
+    if where is None:
+        return jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(loss_of_params)
+    same, rows = where.replicated, where.rows
+    return (jax.jit(train_step, donate_argnums=(0, 1), in_shardings=(same, same, same, rows), out_shardings=same),
+            jax.jit(loss_of_params, in_shardings=(same, rows), out_shardings=same))
+
+
+def _batch_on(where: Placement | None, tokens_BT: np.ndarray):
+    """A batch as the step takes it: as it is on one device; on a mesh padded with -1 rows (no targets) to a
+    multiple of the devices and split along its rows."""
+    if where is None:
+        return tokens_BT
+    pad = -tokens_BT.shape[0] % where.size
+    if pad:
+        tokens_BT = np.concatenate([tokens_BT, np.full((pad, tokens_BT.shape[1]), -1, tokens_BT.dtype)])
+    return where.shard_rows(np.asarray(tokens_BT))
 
 
 def _batch_keys(cfg: TrainConfig, start: int, stop: int) -> np.ndarray:
@@ -141,19 +170,22 @@ def _meta(cfg: TrainConfig, model_cfg, language, step: int) -> dict:
     }
 
 
-def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, progress: bool | None = None, until: int | None = None,
+          devices: int | list | None = None) -> TrainResult:
     """Train (or resume) the run in ``cfg.out``; returns the final step and eval losses.
 
     ``until`` stops early after that step (as if the process were killed right after its
     checkpoint); a later call resumes from the latest checkpoint, wherever the run directory has
     been moved since. One process at a time writes a run: a second is refused at once
     (``pathprob.rundir.RunLockedError``). ``progress``: a bar (True), nothing (False), or by default a bar
-    when stderr is a terminal and plain progress lines otherwise.
+    when stderr is a terminal and plain progress lines otherwise. ``devices``: data parallel over these
+    (None: every device; see the module docstring); under ``pp.distributed`` only process 0 writes.
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with locked(out):
-        return _train(cfg, out, progress, until)
+    primary = distributed.is_primary()
+    with on_devices(devices), (locked(out) if primary else contextlib.nullcontext()):
+        return _train(cfg, out, progress if primary else False, until)
 
 
 def _train(cfg: TrainConfig, out: Path, progress: bool | None, until: int | None) -> TrainResult:
@@ -162,8 +194,14 @@ def _train(cfg: TrainConfig, out: Path, progress: bool | None, until: int | None
     tx = make_optimizer(cfg)
     graphdef, params = nnx.split(init_transformer(model_cfg, cfg.seed))
     opt_state = tx.init(params)
-    train_step, eval_loss_fn = _make_steps(graphdef, tx, cfg.max_nonfinite)
+    where = current_devices()
+    place = (lambda tree: tree) if where is None else where.replicate
+    params, opt_state = place(params), place(opt_state)
+    train_step, eval_loss_fn = _make_steps(graphdef, tx, cfg.max_nonfinite, where)
     eval_docs = _eval_docs(cfg, language)
+    eval_batch = _batch_on(where, eval_docs)
+    writes = distributed.is_primary()  # the metrics file is process 0's
+    append = append_metrics if writes else (lambda *args: None)
     truth = language.truth()
     truth_loss = cross_entropy(truth, eval_docs) if truth is not None else None
     last = cfg.steps if until is None else min(cfg.steps, until)
@@ -172,25 +210,26 @@ def _train(cfg: TrainConfig, out: Path, progress: bool | None, until: int | None
         start = ckpts.latest_step() or 0
         if start:
             params, opt_state = _restore(cfg, ckpts, start, params, opt_state)
-        truncate_metrics(out, start if start else -1)  # from scratch: the step-0 probe too
+        if writes:
+            truncate_metrics(out, start if start else -1)  # from scratch: the step-0 probe too
         prober = _Probes(cfg, language, truth, graphdef, model_cfg) if cfg.probe_every else None
         if prober is not None and start == 0:
             # The run-level probe facts and the probe of the initial parameters, as step 0.
-            append_metrics(out, {"step": 0, "probe_setup": prober.setup(), "probe": prober(params)})
+            append(out, {"step": 0, "probe_setup": prober.setup(), "probe": prober(params)})
 
-        eval_loss = float(eval_loss_fn(params, eval_docs)) if start else None
-        watch, pending = _new_watch(start), None
+        eval_loss = float(eval_loss_fn(params, eval_batch)) if start else None
+        watch, pending = place(_new_watch(start)), None
         keys = _batch_keys(cfg, start, last)
         tokens = language.sample(keys[0], cfg.batch_size) if last > start else None
-        meter = _Meter()
-        with _Progress(progress, start, last, cfg.steps) as bar:
+        meter = Meter()
+        with Progress(progress, start, last, cfg.steps) as bar:
 
             def emit(logged: _Logged, probe: dict | None = None) -> None:
                 record = logged.read(cfg, meter, where=ckpts.directory)
                 if probe is not None:
                     record["probe"] = probe
                     meter.restart()  # probe time is not training throughput
-                append_metrics(out, record)
+                append(out, record)
                 bar.record(record)
 
             for step in range(start + 1, last + 1):
@@ -198,7 +237,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool | None, until: int | None
                 probing = prober is not None and (step % cfg.probe_every == 0 or final)
                 logging = step % cfg.log_every == 0 or final or probing
                 lr = _schedule(cfg)(step - 1) if logging else None  # dispatched ahead of the step: ready when read
-                params, opt_state, watch, stats = train_step(params, opt_state, watch, tokens)
+                params, opt_state, watch, stats = train_step(params, opt_state, watch, _batch_on(where, tokens))
                 meter.count(tokens)
                 if pending is not None:  # that step is done by now, and this one is running
                     emit(pending)
@@ -209,7 +248,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool | None, until: int | None
                 if saving:  # never right after a skipped step, nor after a divergence (that raises)
                     saving = _read_watch(watch, cfg, ckpts.directory)["streak"] == 0
                 if step % cfg.eval_every == 0 or final or saving:
-                    eval_loss = float(eval_loss_fn(params, eval_docs))
+                    eval_loss = float(eval_loss_fn(params, eval_batch))
                 if logging:
                     logged = _Logged(step, stats, watch, lr, eval_loss, truth_loss, meter.tokens)
                     if probing or saving:  # the record goes before its checkpoint, so a resume never lacks it
@@ -261,35 +300,13 @@ class _Logged:
     truth_eval_loss: float | None
     tokens: int  # training tokens counted by the meter up to this step
 
-    def read(self, cfg: TrainConfig, meter: _Meter, *, where: Path) -> dict:
+    def read(self, cfg: TrainConfig, meter: Meter, *, where: Path) -> dict:
         """The metric record (waits for the step; raises TrainingError if the run diverged by then)."""
         _read_watch(self.watch, cfg, where)
         stats = jax.device_get(self.stats)
         return {"step": self.step, "loss": float(stats["loss"]), "eval_loss": self.eval_loss,
                 "truth_eval_loss": self.truth_eval_loss, "lr": float(self.lr), "grad_norm": float(stats["grad_norm"]),
                 **meter.take(self.tokens)}
-
-
-class _Meter:
-    """Training tokens per second between metric records, and the wall time since the loop began."""
-
-    def __init__(self):
-        self.tokens = 0
-        self.wall0 = self.t0 = time.perf_counter()
-
-    def count(self, tokens_BT: np.ndarray) -> None:
-        self.tokens += int((tokens_BT[:, 1:] >= 0).sum())
-
-    def take(self, tokens: int) -> dict:
-        """Throughput of the first ``tokens`` counted since the last record; the rest start the next interval."""
-        now = time.perf_counter()
-        rate = tokens / max(now - self.t0, 1e-9)
-        self.t0, self.tokens = now, self.tokens - tokens
-        return {"tokens_per_s": rate, "wall_s": now - self.wall0}
-
-    def restart(self) -> None:
-        """Start the next interval now: the time since the last record was not spent training."""
-        self.t0 = time.perf_counter()
 
 
 class _Probes:
@@ -306,58 +323,3 @@ class _Probes:
         # Parameters are a pytree argument of the engine's jitted functions: no recompilation per probe.
         return self.prober(TransformerLM(params=params, graphdef=self.graphdef, config=self.model_cfg,
                                          tokenizer=self.tokenizer))
-
-
-class _Progress:
-    """Training progress on stderr: a rich bar (``show`` True, or None on a terminal), plain lines
-    (``show`` None elsewhere: one per metric record, at most one every ``interval_s``, and the last
-    step's), or nothing (False)."""
-
-    interval_s = 5.0
-
-    def __init__(self, show: bool | None, start: int, last: int, total: int):
-        self.mode = ("bar" if sys.stderr.isatty() else "lines") if show is None else ("bar" if show else None)
-        self.start, self.last, self.total = start, last, total
-        self.t0 = time.perf_counter()
-        self.printed = -np.inf
-
-    def __enter__(self) -> _Progress:
-        if self.mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[info]}"))
-            self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.total, completed=self.start, info="")
-        return self
-
-    def advance(self, step: int) -> None:
-        if self.mode == "bar":
-            self.bar.update(self.task, completed=step)
-
-    def record(self, record: dict) -> None:
-        """Show a metric record: the bar's eval loss, or a plain line."""
-        eval_loss = "" if record["eval_loss"] is None else f"eval loss {record['eval_loss']:.4f}"
-        if self.mode == "bar":
-            self.bar.update(self.task, info=eval_loss)
-            return
-        now, step = time.perf_counter(), record["step"]
-        if self.mode != "lines" or (now - self.printed < self.interval_s and step != self.last):
-            return
-        self.printed = now
-        eta = (self.total - step) * (now - self.t0) / max(step - self.start, 1)
-        parts = [f"train step {step}/{self.total}", f"loss {record['loss']:.4f}", eval_loss,
-                 f"{record['tokens_per_s']:,.0f} tokens/s", f"ETA {_clock(eta)}"]
-        print(", ".join(p for p in parts if p), file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc) -> bool:
-        if self.mode == "bar":
-            self.bar.__exit__(*exc)
-        return False
-
-
-def _clock(seconds: float) -> str:
-    """``h:mm:ss`` (or ``m:ss`` under an hour)."""
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

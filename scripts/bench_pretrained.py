@@ -234,8 +234,6 @@ def main() -> None:
           f"| {e['exact']['seconds']:.2f} s: {e['exact']['value']:.4g} |")
     print(f"| DFA-guided SMC of the same mass, n = 256 | {e['smc']['seconds']:.2f} s: {e['smc']['value']:.4g} "
           f"[{e['smc']['lower']:.4g}, {e['smc']['upper']:.4g}] |")
-    else:
-        print("| token automaton | not measured (no pathprob.data.hf_tokenizer / token_automaton) |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ LAYERS = [
     ("pathprob.models", "pathprob.checkpoint"),  # LanguageModels: Transformer, exact truths, pretrained loading
     ("pathprob.data",),  # the languages, each with its exact truth
     ("pathprob.paths",),  # the engines
-    ("pathprob.probes", "pathprob.training", "pathprob.rundir", "pathprob.loading"),
+    ("pathprob.probes", "pathprob.training", "pathprob.train_progress", "pathprob.rundir", "pathprob.loading"),
     ("pathprob.analysis",),
     ("pathprob",),  # the public API (pathprob/__init__.py)
     ("pathprob.plots", "pathprob.report"),

@@ -209,6 +209,9 @@ MinProb = Annotated[float, typer.Option("--min-prob", parser=finite(0.0, 1.0),
 MaxPaths = Annotated[int | None, typer.Option("--max-paths", min=1, help="Keep at most this many paths per depth.")]
 Samples = Annotated[int, typer.Option("-n", min=1, help="Samples (Monte-Carlo methods; swor: distinct paths).")]
 Seed = Annotated[int, typer.Option(min=0, help="Random seed (recorded in the result).")]
+Devices = Annotated[int | None, typer.Option("--devices", min=1, help="Run on the first N devices (default: every "
+                                             "device; with PATHPROB_COORDINATOR set, of every process). The result "
+                                             "does not depend on N.")]
 
 
 def int_list(text: str, option: str) -> list[int]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 import pathprob as pp
+from pathprob import distributed
 from pathprob.cli.common import (
     ChunkProgress,
+    Devices,
     Dtype,
     JsonOut,
     LevelProgress,
@@ -30,11 +33,19 @@ from pathprob.cli.common import (
     out,
     print_paths,
 )
+from pathprob.devices import using as on_devices
 from pathprob.files import dumps
 from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, METHODS
 from pathprob.paths.proposal import Proposal
 from pathprob.paths.sample import draw_blocks
 from pathprob.paths.samples import Samples as SampleSet
+
+
+def _join(json_out: Path | None) -> Path | None:
+    """Join the distributed job the environment names (``PATHPROB_COORDINATOR``), before any JAX work;
+    returns where to write the JSON result: nowhere but stdout on a process other than 0."""
+    distributed.initialize_from_env()
+    return json_out if json_out is None or str(json_out) == "-" else distributed.primary_only(json_out)
 
 
 @command
@@ -76,12 +87,14 @@ def score(
 def enumerate_(
     spec: Spec, prompt: Prompt, max_new: MaxNew, min_prob: MinProb = 0.0, max_paths: MaxPaths = None,
     show: Annotated[int, typer.Option(min=0, help="Rows to print.")] = 30, json_out: JsonOut = None,
-    dtype: Dtype = None,
+    dtype: Dtype = None, devices: Devices = None,
 ):
     """List every path above --min-prob with its exact probability, and the certified remainder."""
+    json_out = _join(json_out)
     lm = pp.open_model(spec, dtype=dtype)
     with LevelProgress(max_new) as progress:
-        table = pp.enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths, on_level=progress)
+        table = pp.enumerate_paths(lm, prompt, max_new, min_prob=min_prob, max_paths=max_paths, on_level=progress,
+                                   devices=devices)
     if emit_json(json_out, table.to_dict()) and str(json_out) == "-":
         return
     print_paths(table, f"{len(table):,} paths after {prompt!r}", show)
@@ -90,10 +103,11 @@ def enumerate_(
 @command
 def topk(spec: Spec, prompt: Prompt, max_new: MaxNew,
          k: Annotated[int, typer.Option("-k", min=1, help="How many paths.")] = 10, json_out: JsonOut = None,
-         dtype: Dtype = None):
+         dtype: Dtype = None, devices: Devices = None):
     """The exact k most probable paths (best-first search with a certificate)."""
+    json_out = _join(json_out)
     lm = pp.open_model(spec, dtype=dtype)
-    table = pp.top_k(lm, prompt, k, max_new)
+    table = pp.top_k(lm, prompt, k, max_new, devices=devices)
     if emit_json(json_out, table.to_dict()) and str(json_out) == "-":
         return
     print_paths(table, f"top {k} paths after {prompt!r}")
@@ -107,13 +121,15 @@ def mass(spec: Spec, prompt: Prompt, max_new: MaxNew,
          regex: Annotated[str, typer.Option(help="Full-match regular expression over the continuation text.")],
          method: Annotated[str, typer.Option(help=", ".join(("exact",) + MASS_METHODS))] = "exact",
          n: Samples = 10_000, seed: Seed = 0,
-         min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None, dtype: Dtype = None):
+         min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None, dtype: Dtype = None,
+         devices: Devices = None):
     """P(continuation matches REGEX | prompt): exact with proven bounds, or Monte Carlo with an interval."""
+    json_out = _join(json_out)
     lm = pp.open_model(spec, dtype=dtype)
     pathset = pp.Regex(regex)
     with ChunkProgress(n) as progress:
         est = pp.mass(lm, prompt, pathset, max_new, method=method, min_prob=min_prob, max_paths=max_paths,
-                      **mc_options(method, n, seed, progress))
+                      devices=devices, **mc_options(method, n, seed, progress))
     finish_estimate(f"P({regex!r})", est, json_out, requested=n)
 
 
@@ -123,14 +139,16 @@ def entropy(spec: Spec, prompt: Prompt, max_new: MaxNew,
             n: Samples = 10_000, seed: Seed = 0,
             estimator: Annotated[str, typer.Option(help="mc: chain (Rao-Blackwellised) or plain")] = "chain",
             min_prob: MinProb = 0.0, max_paths: MaxPaths = None, json_out: JsonOut = None,
-            dtype: Dtype = None):
+            dtype: Dtype = None, devices: Devices = None):
     """Entropy of the path distribution (nats): exact with proven bounds, or Monte Carlo with an interval."""
+    json_out = _join(json_out)
     lm = pp.open_model(spec, dtype=dtype)
     with ChunkProgress(n) as progress:
         options = mc_options(method, n, seed, progress)
         if method in ENTROPY_METHODS and "estimator" in METHODS[method].entropy_options:
             options["estimator"] = estimator
-        est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, **options)
+        est = pp.entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, devices=devices,
+                         **options)
     finish_estimate("H", est, json_out, requested=n, unit=" nats",
                     note=f"effective number of paths exp(H) = {math.exp(est.value):.4g}")
 
@@ -142,13 +160,14 @@ def sample(spec: Spec, prompt: Prompt, max_new: MaxNew, n: Samples = 1000, seed:
            top_p: Annotated[float | None, typer.Option("--top-p", parser=finite(0.0, 1.0),
                                                           help="Nucleus sampling.")] = None,
            show: Annotated[int, typer.Option(min=0, help="Distinct paths to print.")] = 20, json_out: JsonOut = None,
-           dtype: Dtype = None):
+           dtype: Dtype = None, devices: Devices = None):
     """Sample paths; print the most frequent with counts and model probabilities."""
+    json_out = _join(json_out)
     lm = pp.open_model(spec, dtype=dtype)
     # pp.sample(..., distinct=True) in blocks of draws (counts down the trie), with progress between blocks:
     # the cost follows the distinct prefixes, so n = 10^9 takes seconds when the model repeats itself.
     drawn, parts = Proposal(temperature=temperature, top_k=top_k, top_p=top_p), []
-    with Progress("samples", n) as progress:
+    with Progress("samples", n) as progress, on_devices(devices):
         for part in draw_blocks(lm, prompt, n, max_new, key=seed, proposal=drawn):
             parts.append(part)
             progress.update(sum(map(len, parts)), "")
@@ -170,11 +189,13 @@ def kl(spec: Spec, prompt: Prompt, max_new: MaxNew,
        prompt_b: Annotated[str | None, typer.Option("--prompt-b", help="Prompt of b (default: --prompt).")] = None,
        model_b: Annotated[str | None, typer.Option("--model-b", help="Model spec of b (default: SPEC).")] = None,
        method: Annotated[str, typer.Option(help="exact or mc")] = "exact",
-       n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None, dtype: Dtype = None):
+       n: Samples = 10_000, seed: Seed = 0, json_out: JsonOut = None, dtype: Dtype = None,
+       devices: Devices = None):
     """KL(a || b) between two path distributions (two prompts and/or two models), in nats."""
+    json_out = _join(json_out)
     lm_a = pp.open_model(spec, dtype=dtype)
     lm_b = lm_a if model_b is None else pp.open_model(model_b, dtype=dtype)
     with ChunkProgress(n) as progress:
         est = pp.kl(lm_a, prompt, lm_b, prompt if prompt_b is None else prompt_b, max_new, method=method,
-                    **mc_options(method, n, seed, progress))
+                    devices=devices, **mc_options(method, n, seed, progress))
     finish_estimate("KL(a || b)", est, json_out, requested=n, unit=" nats")

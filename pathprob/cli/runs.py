@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 import pathprob as pp
-from pathprob.cli.common import JsonOut, Progress, command, emit_json, err, finite, out, out_dir_option
+from pathprob.cli.common import Devices, JsonOut, Progress, command, emit_json, err, finite, out, out_dir_option
 
 
 @command
@@ -35,6 +35,7 @@ def train(
     probe_set: Annotated[list[str] | None, typer.Option(help="Probed path set: a set name or regex; repeat.")] = None,
     probe_max_new: Annotated[int, typer.Option(min=0, help="Probe path length (0: one example).")] = 0,
     probe_min_prob: Annotated[float, typer.Option(parser=finite(0.0, 1.0), help="Probe enumeration pruning.")] = 1e-4,
+    devices: Devices = None,
 ):
     """Train a Transformer on a language (resumes from OUT if it holds checkpoints)."""
     cfg = pp.TrainConfig(
@@ -45,7 +46,7 @@ def train(
         probe_sets=None if probe_set is None else tuple(probe_set), probe_max_new=probe_max_new,
         probe_min_prob=probe_min_prob,
     )
-    result = pp.train(cfg, progress=progress)
+    result = pp.train(cfg, progress=progress, devices=devices)
     truth = "" if result.truth_eval_loss is None else f", truth {result.truth_eval_loss:.4f}"
     out.print(f"step {result.step}: eval loss {result.eval_loss:.4f} nats/token{truth}; run in {result.out}")
 

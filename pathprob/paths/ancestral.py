@@ -22,7 +22,9 @@ used), so importance weights are exp(logp - logq).
 Chunk i uses ``jax.random.fold_in(key, i)``: the same key, n and chunk give the same
 samples. Chunk sizes are powers of two (the last chunk is padded), so a run compiles
 once. ``stream`` yields chunk after chunk, so estimators accumulate without keeping
-samples.
+samples. On D devices (``devices.current()``) chunks i, ..., i + D - 1 run at once, chunk
+i + k on device k with its own key: each device computes what one device computes for that
+chunk, so the samples are identical however many devices (or processes) share the work.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ from collections.abc import Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from pathprob import devices
+from pathprob.devices import AXIS
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, State, check_max_new, encode_prompt, take_paths
 from pathprob.paths import frontier
@@ -59,9 +64,8 @@ DEFAULT_CHUNK = 4096
 TRACKS = ("entropy", "kl")
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "proposal", "track"))
-def sample_chunk(lm, pool: State, rows_B: jax.Array, target, target_pool, guide: Guide | None, dfa_B, prefix_BL,
-                 key, *, steps: int, proposal: Proposal, track: tuple[str, ...]) -> dict:
+def _sample_chunk(lm, pool: State, rows_B: jax.Array, target, target_pool, guide: Guide | None, dfa_B, prefix_BL,
+                  key, *, steps: int, proposal: Proposal, track: tuple[str, ...]) -> dict:
     """Continue paths ``rows_B`` of ``pool`` by ``steps`` tokens from ``lm`` warped by ``proposal``.
 
     Scores them under ``target`` (default ``lm``; its states are ``target_pool``'s rows
@@ -110,6 +114,56 @@ def sample_chunk(lm, pool: State, rows_B: jax.Array, target, target_pool, guide:
     return out_L
 
 
+sample_chunk = jax.jit(_sample_chunk, static_argnames=("steps", "proposal", "track"))
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_chunks_on(mesh, impl, pools_sharded: bool, guided: bool, *, steps: int, proposal: Proposal,
+                      track: tuple[str, ...]):
+    """``sample_chunk`` of D chunks at once, chunk k on device k with key data row k.
+
+    The pools are replicated (the root, every row reading it), or with ``pools_sharded`` already
+    gathered per device (``frontier.gather_on``); rows, DFA states, prefixes and keys are sharded.
+    """
+    pool_spec = P(AXIS) if pools_sharded else P()
+
+    def body(lm, pool, rows_B, target, target_pool, guide, dfa_B, prefix_BL, key_data):
+        key = jax.random.wrap_key_data(key_data[0], impl=impl)
+        return _sample_chunk(lm, pool, rows_B, target, target_pool, guide, dfa_B, prefix_BL, key, steps=steps,
+                             proposal=proposal, track=track)
+
+    out_specs = {name: P(None, AXIS) for name in ("tokens", "logp", "logq", *track)}
+    if guided:
+        out_specs["accepted"] = P(AXIS)
+    in_specs = (P(), pool_spec, P(AXIS), P(), pool_spec, P(), P(AXIS), P(AXIS), P(AXIS))
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
+
+
+def sample_chunks_on(where, lm, pool, rows_B: np.ndarray, target, target_pool, guide, dfa_B, prefix_BL, keys, *,
+                     steps: int, proposal: Proposal, track: tuple[str, ...], pools_sharded: bool = False) -> dict:
+    """D chunks of ``sample_chunk`` on the mesh of ``where``: host arrays int/float [D x B] in, device dict out.
+
+    ``keys`` holds D typed keys (one per chunk); ``rows_B``, ``dfa_B`` (or None) and ``prefix_BL``
+    (or None) are the chunks' host arrays stacked along their leading axis. The models and a
+    guide must already be placed (``Placement.place_model``).
+    """
+    fn = _sample_chunks_on(where.mesh, jax.random.key_impl(keys), pools_sharded, guide is not None, steps=steps,
+                           proposal=proposal, track=track)
+    shard = lambda x: None if x is None else where.shard_rows(np.asarray(x))
+    return fn(lm, pool, shard(rows_B), target, target_pool, guide, shard(dfa_B), shard(prefix_BL),
+              shard(np.asarray(jax.random.key_data(keys))))
+
+
+def chunk_of(out_host: dict, k: int, size: int) -> dict:
+    """Chunk k of a host copy of ``sample_chunks_on``'s result: a ``sample_chunk`` result of ``size`` rows."""
+    return {name: value[..., k * size : (k + 1) * size] for name, value in out_host.items()}
+
+
+def chunk_keys(key, indices) -> jax.Array:
+    """The keys ``fold_in(key, i)`` of chunks ``indices`` (typed, stacked)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices, jnp.uint32))
+
+
 def stream(
     lm: LanguageModel,
     prompt: str | Sequence[int],
@@ -145,12 +199,20 @@ def stream(
     prompt_P = encode_prompt(lm, prompt, room=max_new)
     target = target_root = None
     tokenizer = lm.tokenizer
+    where = devices.current()
+
+    def start(model, ids):  # (the model, its root): on a mesh both replicated
+        if where is None:
+            return model, frontier.start(model, [ids], max_new)[0]
+        model = where.place_model(model)
+        return model, frontier.start_on(where, model, [ids], max_new)[0]
+
     if proposal_lm is not None:
         check_compatible(lm, proposal_lm)
         proposal_P = encode_prompt(proposal_lm, prompt if proposal_prompt is None else proposal_prompt, room=max_new)
-        target, target_root = lm, frontier.start(lm, [prompt_P], max_new)[0]
+        target, target_root = start(lm, prompt_P)
         lm, prompt_P = proposal_lm, proposal_P
-    root = frontier.start(lm, [prompt_P], max_new)[0]
+    lm, root = start(lm, prompt_P)
     guide = None if dfa is None else make_guide(dfa, max_new, lm.eos_id)
     dfa_B = None if dfa is None else jnp.full((size,), dfa.initial, jnp.int32)
     rows_B = jnp.zeros((size,), jnp.int32)
@@ -158,21 +220,59 @@ def stream(
             "proposal": {**dataclasses.asdict(proposal), "other_model": proposal_lm is not None}}
     track = tuple(sorted(track))
 
+    n_chunks = -(-n // size)
+    if where is not None:
+        yield from _stream_on(where, lm, root, target, target_root, guide, dfa, prefixes, key, n=n, size=size,
+                              n_chunks=n_chunks, max_new=max_new, proposal=proposal, track=track, meta=meta)
+        return
+
     def launch(index: int):
         prefix_BL = None
         if prefixes is not None:
-            prefix_BL = np.full((size, max_new), -1, np.int32)
-            rows = min(size, n - index * size)
-            prefix_BL[:rows] = prefixes(index, rows)
-            prefix_BL = jnp.asarray(prefix_BL)
+            prefix_BL = jnp.asarray(_prefix_rows(prefixes, index, size, n, max_new))
         return sample_chunk(lm, root, rows_B, target, target_root, guide, dfa_B, prefix_BL,
                             jax.random.fold_in(key, index), steps=max_new, proposal=proposal, track=track)
 
-    n_chunks = -(-n // size)
     pending = launch(0)
     for index in range(n_chunks):
         out, pending = pending, (launch(index + 1) if index + 1 < n_chunks else None)  # keep the device busy
         yield to_samples(out, min(size, n - index * size), lm.eos_id, track, meta)
+
+
+def _prefix_rows(prefixes: Callable[[int, int], np.ndarray], index: int, size: int, n: int, max_new: int) -> np.ndarray:
+    """int32[size, max_new]: chunk ``index``'s forced tokens (-1: free; rows past n, and chunks past the end, pad)."""
+    prefix_BL = np.full((size, max_new), -1, np.int32)
+    rows = min(size, n - index * size)
+    if rows > 0:
+        prefix_BL[:rows] = prefixes(index, rows)
+    return prefix_BL
+
+
+def _stream_on(where, lm, root, target, target_root, guide, dfa, prefixes, key, *, n, size, n_chunks, max_new,
+               proposal, track, meta) -> Iterator[Samples]:
+    """``stream``'s chunks, D at a time on the mesh (chunk i on device i mod D, with ``fold_in(key, i)``)."""
+    D = where.size
+    guide = None if guide is None else where.replicate(guide)
+    rows_B = np.zeros(D * size, np.int32)
+    dfa_B = None if dfa is None else np.full(D * size, dfa.initial, np.int32)
+
+    def launch(group: int):
+        indices = range(group * D, (group + 1) * D)  # past n_chunks: padding chunks, never read
+        prefix_BL = None
+        if prefixes is not None:
+            prefix_BL = np.concatenate([_prefix_rows(prefixes, i, size, n, max_new) for i in indices])
+        return sample_chunks_on(where, lm, root, rows_B, target, target_root, guide, dfa_B, prefix_BL,
+                                chunk_keys(key, indices), steps=max_new, proposal=proposal, track=track)
+
+    groups = -(-n_chunks // D)
+    pending = launch(0)
+    for group in range(groups):
+        out, pending = pending, (launch(group + 1) if group + 1 < groups else None)
+        out = {name: where.host(value) for name, value in out.items()}
+        for k in range(D):
+            index = group * D + k
+            if index < n_chunks:
+                yield to_samples(chunk_of(out, k, size), min(size, n - index * size), lm.eos_id, track, meta)
 
 
 def to_samples(out: dict, count: int, eos: int, track: tuple[str, ...], meta: dict) -> Samples:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from pathprob.devices import using as on_devices
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, encode_prompt
 from pathprob.paths.ancestral import DEFAULT_CHUNK
@@ -48,6 +49,7 @@ def kl(
     chunk: int = DEFAULT_CHUNK,
     budget: Budget = DEFAULT_BUDGET,
     on_chunk: OnChunk | None = None,
+    devices: int | Sequence | None = None,
 ) -> Estimate:
     """KL(a || b) in nats between the path distributions of (lm_a, prompt_a) and (lm_b, prompt_b).
 
@@ -56,8 +58,16 @@ def kl(
     Monte-Carlo command, when that does not fit ``budget``. ``mc``: sample x ~ a; ``estimator``
     ``plain`` averages log p_a(x) - log p_b(x); ``chain`` averages
     sum_t KL(p_a(. | x_<t) || p_b(. | x_<t)) (the chain rule: same expectation, lower
-    variance). A sample that b cannot emit proves KL = inf.
+    variance). A sample that b cannot emit proves KL = inf. ``devices``: where the model steps run
+    (None: every device; see ``pathprob.devices``); the estimate does not depend on it.
     """
+    with on_devices(devices):
+        return _kl(lm_a, prompt_a, lm_b, prompt_b, max_new, method=method, n=n, key=key, estimator=estimator,
+                   level=level, budget=budget, on_chunk=on_chunk, chunk=chunk)
+
+
+def _kl(lm_a, prompt_a, lm_b, prompt_b, max_new, *, method, n, key, estimator, level, chunk, budget,
+        on_chunk) -> Estimate:
     if not isinstance(method, str) or method not in ("exact", "mc"):
         raise methods_error(method, ("exact", "mc"))
     for name, lm in (("lm_a", lm_a), ("lm_b", lm_b)):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pathprob.devices import using as on_devices
 from pathprob.errors import BadPromptError
 from pathprob.models.base import LanguageModel, check_max_new, encode_prompt, is_count
 from pathprob.paths import frontier
@@ -239,6 +240,7 @@ def enumerate_many(
     budget: Budget = DEFAULT_BUDGET,
     prompt_width: int | None = None,
     on_level: Callable[[int, int, int], None] | None = None,
+    devices: int | Sequence | None = None,
 ) -> list[PathTable]:
     """``enumerate_paths`` for every prompt, in one trie walk; one ``PathTable`` per prompt, in order.
 
@@ -248,7 +250,8 @@ def enumerate_many(
     accepts the prompts the one-prompt engine accepts); memory is then checked level by
     level against the actual frontier of all prompts together. ``prompt_width`` pads every
     prompt to that many tokens, so that calls with prompts of different lengths reuse one
-    set of compiled programs.
+    set of compiled programs. ``devices``: where the model steps run (None: every device, int N: the
+    first N, or a list; see ``pathprob.devices``); the tables do not depend on it.
     """
     encoded = [check_request(lm, p, max_new, min_prob, max_paths) for p in prompts]
     if not encoded:
@@ -258,7 +261,8 @@ def enumerate_many(
     t0 = time.perf_counter()
     policy = Listing(len(encoded), lm.vocab_size, lm.eos_id, max_new, min_prob=min_prob, max_paths=max_paths,
                      dfa=dfa)
-    walk(lm, encoded, max_new, policy, chunk=chunk, budget=budget, prompt_width=prompt_width, on_level=on_level)
+    with on_devices(devices):
+        walk(lm, encoded, max_new, policy, chunk=chunk, budget=budget, prompt_width=prompt_width, on_level=on_level)
     stats = {"seconds": time.perf_counter() - t0, "chunk": chunk, "min_prob": min_prob, "max_paths": max_paths,
              "batched": len(encoded)}
     return policy.tables(lm.tokenizer, stats)
@@ -275,6 +279,7 @@ def enumerate_paths(
     dfa: TokenDFA | None = None,
     budget: Budget = DEFAULT_BUDGET,
     on_level: Callable[[int, int, int], None] | None = None,
+    devices: int | Sequence | None = None,
 ) -> PathTable:
     """Every continuation path with probability >= ``min_prob``, exactly, and the certified remainder.
 
@@ -284,7 +289,7 @@ def enumerate_paths(
     ``max_paths`` most probable paths. With ``dfa``, prefixes whose DFA state can
     no longer reach acceptance are not expanded either (``stats`` then splits the
     remainder into the part that may still be in the set and the part that cannot).
-    ``on_level(depth, nodes_so_far, frontier_size)`` reports progress.
+    ``on_level(depth, nodes_so_far, frontier_size)`` reports progress. ``devices``: see ``enumerate_many``.
     """
     return enumerate_many(lm, [prompt], max_new, min_prob=min_prob, max_paths=max_paths, chunk=chunk, dfa=dfa,
-                          budget=budget, on_level=on_level)[0]
+                          budget=budget, on_level=on_level, devices=devices)[0]

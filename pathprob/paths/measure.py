@@ -8,11 +8,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pathprob.devices import using as on_devices
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel
 from pathprob.paths.enumerate import DEFAULT_BUDGET, Budget, enumerate_paths
 from pathprob.paths.montecarlo import ENTROPY_METHODS, MASS_METHODS, METHODS, entropy_mc, mass_mc, methods_error
 from pathprob.paths.results import Estimate, PathTable, logsumexp64
+from pathprob.paths.samples import contains
 from pathprob.paths.sets import PathSet, as_path_set
 
 EXACT_METHODS = ("exact",)
@@ -38,7 +40,7 @@ def enumeration_options(method: str, *, min_prob: float, budget: Budget) -> dict
 
 def set_mass_from_table(table: PathTable, pathset: PathSet) -> tuple[float, float]:
     """Proven bounds on P(set) from an enumeration: (listed mass in the set, + remainder that may be in it)."""
-    inside = pathset.contains(table.tokens, table.texts(), table.tokenizer)
+    inside = contains(pathset, table.tokens, table.lengths, table.tokenizer)  # by its DFA when it has one
     log_lower = logsumexp64(table.logp[inside])
     log_live = table.stats.get("log_remaining_live", table.log_remaining)
     lower = math.exp(log_lower)
@@ -57,6 +59,7 @@ def mass(
     budget: Budget = DEFAULT_BUDGET,
     n: int | None = None,
     key=None,
+    devices: int | Sequence | None = None,
     **kwargs,
 ) -> Estimate:
     """P(set | prompt) over paths of up to ``max_new`` tokens.
@@ -66,7 +69,15 @@ def mass(
     bounds, equal (``exact=True``) when nothing that could be in the set was pruned.
     ``mc``, ``is``, ``smc``, ``swor``, ``hybrid``: Monte Carlo with ``n`` samples and
     ``key`` (see ``montecarlo.mass_mc`` for each method's options and interval).
+    ``devices``: where the model steps run (None: every device; see ``pathprob.devices``); the
+    estimate does not depend on it.
     """
+    with on_devices(devices):
+        return _mass(lm, prompt, pathset, max_new, method=method, min_prob=min_prob, max_paths=max_paths,
+                     budget=budget, n=n, key=key, **kwargs)
+
+
+def _mass(lm, prompt, pathset, max_new, *, method, min_prob, max_paths, budget, n, key, **kwargs) -> Estimate:
     _check_method(method, EXACT_METHODS + MASS_METHODS)
     pathset = as_path_set(pathset)
     if method in MASS_METHODS:
@@ -101,13 +112,21 @@ def entropy(
     budget: Budget = DEFAULT_BUDGET,
     n: int | None = None,
     key=None,
+    devices: int | Sequence | None = None,
     **kwargs,
 ) -> Estimate:
     """Entropy (nats) of the distribution over paths of up to ``max_new`` tokens.
 
     ``exact``: enumeration, with proven bounds when pruned. ``mc`` (``estimator``
     ``chain`` or ``plain``) and ``swor``: Monte Carlo with ``n`` samples and ``key``.
+    ``devices``: as for ``mass``.
     """
+    with on_devices(devices):
+        return _entropy(lm, prompt, max_new, method=method, min_prob=min_prob, max_paths=max_paths, budget=budget,
+                        n=n, key=key, **kwargs)
+
+
+def _entropy(lm, prompt, max_new, *, method, min_prob, max_paths, budget, n, key, **kwargs) -> Estimate:
     _check_method(method, EXACT_METHODS + ENTROPY_METHODS)
     if method in ENTROPY_METHODS:
         return entropy_mc(lm, prompt, max_new, method=method, n=_need_n(method, n), key=key, **kwargs)

@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pathprob.data.base import categorical, numpy_rng
+from pathprob.devices import using as on_devices
 from pathprob.errors import BadPromptError
 from pathprob.models.base import LanguageModel, check_max_new, encode_prompt
-from pathprob.paths.ancestral import sample_chunk, stream, to_samples
+from pathprob.paths import frontier
+from pathprob.paths.ancestral import chunk_keys, chunk_of, sample_chunk, sample_chunks_on, stream, to_samples
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget
 from pathprob.paths.proposal import MODEL, Proposal, warp
 from pathprob.paths.results import path_lengths
@@ -188,23 +190,54 @@ def draw_blocks(lm: LanguageModel, prompt: str | Sequence[int], n: int, max_new:
 
 def _finish(walkers: list[Walker], policy: Counting, proposal: Proposal, key, chunk: int, meta: dict
             ) -> list[Samples]:
-    """The handed-over draws, each continued by the ancestral sampler from its prefix's state (one row per draw)."""
+    """The handed-over draws, each continued by the ancestral sampler from its prefix's state (one row per draw).
+
+    On a mesh, chunks i, ..., i + D - 1 run at once (chunk i + k on device k, its rows' states
+    gathered there from the sharded pools, with ``fold_in(key, i + k)``): the same draws.
+    """
     parent, token, count = policy.handoff
     level = walkers[0].level
-    target, target_pool = (walkers[1].lm, walkers[1].level.pool) if len(walkers) > 1 else (None, None)
+    target, target_level = (walkers[1].lm, walkers[1].level) if len(walkers) > 1 else (None, None)
     scored = walkers[-1].level
     track = ("entropy",) if target is None else ("entropy", "kl")
     rows, first = np.repeat(parent, count), np.repeat(token, count)
     steps = policy.max_new - level.depth
     size = chunk_size(rows.size, chunk)
-    parts = []
-    for index, lo in enumerate(range(0, rows.size, size)):
-        m = min(size, rows.size - lo)
+    where = walkers[0].where
+    n_chunks = -(-rows.size // size)
+    D = 1 if where is None else where.size
+
+    def inputs(index: int) -> tuple[np.ndarray, np.ndarray]:  # chunk ``index``: pool rows (0 past the end), prefixes
+        lo = index * size
+        m = max(0, min(size, rows.size - lo))
         rows_B, prefix_BL = np.zeros(size, np.int32), np.full((size, steps), -1, np.int32)
         rows_B[:m], prefix_BL[:m, 0] = rows[lo : lo + m], first[lo : lo + m]
-        out = sample_chunk(walkers[0].lm, level.pool, jnp.asarray(rows_B), target, target_pool, None, None,
-                           jnp.asarray(prefix_BL), jax.random.fold_in(key, index), steps=steps, proposal=proposal,
-                           track=track)
+        return rows_B, prefix_BL
+
+    outs = []
+    for group in range(0, n_chunks, D):
+        if where is None:
+            rows_B, prefix_BL = inputs(group)
+            outs.append(sample_chunk(walkers[0].lm, level.pool, jnp.asarray(rows_B), target,
+                                     None if target is None else target_level.pool, None, None, jnp.asarray(prefix_BL),
+                                     jax.random.fold_in(key, group), steps=steps, proposal=proposal, track=track))
+            continue
+        indices = range(group, group + D)
+        rows_DB, prefix_DBL = (np.stack(a) for a in zip(*(inputs(i) for i in indices)))
+        states = frontier.gather_on(where, level.pool.paths, level.slots[rows_DB])
+        pool = level.pool.replace(paths=states)
+        target_pool = None if target is None else target_level.pool.replace(
+            paths=frontier.gather_on(where, target_level.pool.paths, target_level.slots[rows_DB]))
+        out = sample_chunks_on(where, walkers[0].lm, pool, np.tile(np.arange(size, dtype=np.int32), D), target,
+                               target_pool, None, None, prefix_DBL.reshape(D * size, steps),
+                               chunk_keys(key, indices), steps=steps, proposal=proposal, track=track,
+                               pools_sharded=True)
+        out = {name: where.host(value) for name, value in out.items()}
+        outs += [chunk_of(out, k, size) for k in range(min(D, n_chunks - group))]
+    parts = []
+    for index, out in enumerate(outs):
+        lo = index * size
+        m = min(size, rows.size - lo)
         tail = to_samples(out, m, policy.eos, track, meta)
         mine = rows[lo : lo + m]
         tokens = np.concatenate([level.tokens[mine], tail.tokens], axis=1)
@@ -230,6 +263,7 @@ def sample(
     proposal: LanguageModel | None = None,
     proposal_prompt: str | Sequence[int] | None = None,
     distinct: bool = False,
+    devices: int | Sequence | None = None,
 ) -> Samples:
     """``n`` continuation paths of up to ``max_new`` tokens, i.i.d.
 
@@ -240,7 +274,16 @@ def sample(
     From ``lm`` itself the draws are made as counts down the trie (``draw``): the result
     holds the n draws as rows in a random order, or with ``distinct`` the distinct rows
     and their counts (``Samples.count``), which is what makes n = 10^9 practical.
+    ``devices``: where the model steps run (None: every device; see ``pathprob.devices``); the
+    samples do not depend on it.
     """
+    with on_devices(devices):
+        return _sample(lm, prompt, n, max_new, key=key, temperature=temperature, top_k=top_k, top_p=top_p,
+                       chunk=chunk, proposal=proposal, proposal_prompt=proposal_prompt, distinct=distinct)
+
+
+def _sample(lm, prompt, n, max_new, *, key, temperature, top_k, top_p, chunk, proposal, proposal_prompt,
+            distinct) -> Samples:
     drawn = Proposal(temperature=temperature, top_k=top_k, top_p=top_p)
     if proposal is not None:
         return Samples.concatenate(list(stream(lm, prompt, n, max_new, key=key, chunk=chunk, proposal=drawn,

@@ -33,11 +33,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from pathprob import devices
+from pathprob.devices import AXIS
 from pathprob.errors import PathprobError
 from pathprob.models.base import LanguageModel, State, encode_prompt, repeat_paths, take_paths
 from pathprob.paths import frontier
-from pathprob.paths.ancestral import DEFAULT_CHUNK, stream
+from pathprob.paths.ancestral import DEFAULT_CHUNK, chunk_keys, stream
 from pathprob.paths.intervals import LogMoments, betting_interval, widen
 from pathprob.paths.proposal import Guide, Proposal, allowed_tokens, inverse_cdf, make_guide, restrict
 from pathprob.paths.results import Estimate, logsumexp64
@@ -56,8 +59,7 @@ def _systematic(key: jax.Array, logw_B: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.searchsorted(cdf_B, points_B, side="right"), B - 1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("batch", "max_new", "threshold"))
-def _smc_chunk(lm, root: State, guide: Guide, key: jax.Array, *, batch: int, max_new: int, threshold: float):
+def _smc_replicate(lm, root: State, guide: Guide, key: jax.Array, *, batch: int, max_new: int, threshold: float):
     """One SMC replicate of ``batch`` particles.
 
     Returns per-step ``log_stage`` float32[L] (log mean weight when the step resampled,
@@ -99,6 +101,22 @@ def _smc_chunk(lm, root: State, guide: Guide, key: jax.Array, *, batch: int, max
 
     (_, dfa_B, _, logw_B), out = jax.lax.scan(step, carry, (jnp.arange(max_new), jax.random.split(key, max_new)))
     return {**out, "logw": logw_B, "accepted": guide.accepting_S[dfa_B]}
+
+
+_smc_chunk = jax.jit(_smc_replicate, static_argnames=("batch", "max_new", "threshold"))
+
+
+@functools.lru_cache(maxsize=16)
+def _smc_replicates_on(mesh, impl, *, batch: int, max_new: int, threshold: float):
+    """D replicates at once, replicate k on device k with key data row k; results stacked [D, ...]."""
+
+    def body(lm, root, guide, key_data):
+        key = jax.random.wrap_key_data(key_data[0], impl=impl)
+        out = _smc_replicate(lm, root, guide, key, batch=batch, max_new=max_new, threshold=threshold)
+        return jax.tree.map(lambda x: x[None], out)
+
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS)), out_specs=P(AXIS),
+                                 check_vma=False))
 
 
 def smc_mass(
@@ -196,11 +214,29 @@ def _smc(lm, root, guide, max_new, *, n, key, threshold, particles, level, on_ch
     """The state is a tuple of one (log estimate, final ESS, resampling steps, accepted particles) per replicate."""
     size = _replicate_size(n, particles)
     replicates = max(-(-n // size), 2)
+    where = devices.current()
 
     def draw():
         for r in range(replicates):
             yield jax.device_get(_smc_chunk(lm, root, guide, jax.random.fold_in(key, r), batch=size, max_new=max_new,
                                             threshold=threshold))
+
+    def draw_on():  # replicates r, ..., r + D - 1 at once, replicate r + k on device k, each with fold_in(key, r + k)
+        D = where.size
+        fn = _smc_replicates_on(where.mesh, jax.random.key_impl(key), batch=size, max_new=max_new,
+                                threshold=threshold)
+        placed, placed_root, placed_guide = where.place_model(lm), where.replicate(root), where.replicate(guide)
+
+        def launch(first: int):  # past ``replicates``: padding replicates, never read
+            keys = jax.random.key_data(chunk_keys(key, range(first, first + D)))
+            return fn(placed, placed_root, placed_guide, where.shard_rows(np.asarray(keys)))
+
+        pending = launch(0)
+        for first in range(0, replicates, D):
+            out, pending = pending, (launch(first + D) if first + D < replicates else None)  # keep the devices busy
+            out = {name: where.host(value) for name, value in out.items()}
+            for k in range(min(D, replicates - first)):
+                yield {name: value[k] for name, value in out.items()}
 
     def fold(done: tuple, out: dict) -> tuple:
         logw_B = np.where(out["accepted"], np.asarray(out["logw"], np.float64), -np.inf)
@@ -223,7 +259,8 @@ def _smc(lm, root, guide, max_new, *, n, key, threshold, particles, level, on_ch
                                      "interval": "betting (Waudby-Smith & Ramdas) over i.i.d. replicate estimates "
                                                  "in [0, Z_1]"})
 
-    return fold_chunks(draw(), fold, (), estimate, total=replicates * size, on_chunk=on_chunk, count=lambda _: size)
+    return fold_chunks(draw() if where is None else draw_on(), fold, (), estimate, total=replicates * size,
+                       on_chunk=on_chunk, count=lambda _: size)
 
 
 METHOD = Method("smc", "DFA-guided sequential importance sampling (SMC with resample); betting interval",

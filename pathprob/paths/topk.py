@@ -2,6 +2,13 @@
 
 Unlike the level-by-level walk of ``trie.py``, the search expands prefixes in order of
 probability across depths (a heap), in batches that reuse their parents' states.
+
+On D devices the search stays one global heap on the host; only the model step is sharded: a
+batch holds up to D x ``chunk`` of the most probable pending prefixes, ``chunk`` per device, in
+a sharded pool (``frontier``). Each path's log-probability is the same float64 sum of the same
+float32 terms as on one device, and best-first order makes the result exact at any batch size,
+so the k paths, their log-probabilities and the certificate's validity do not depend on D (the
+number of prefixes expanded, and so ``log_best_unexpanded``, may: larger batches look ahead).
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from pathprob.devices import size as device_count
+from pathprob.devices import using as on_devices
 from pathprob.errors import BadPromptError
 from pathprob.models.base import LanguageModel, is_count
 from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, listed_paths_bound, monte_carlo
 from pathprob.paths.enumerate import check_request
 from pathprob.paths.results import PathTable, log1mexp, logsumexp64, path_lengths
+
 
 class _Node:
     """A prefix or path of the top-k search, stored by parent pointer: the same few bytes at any depth.
@@ -68,6 +78,7 @@ def top_k(
     *,
     chunk: int = 64,
     budget: Budget = DEFAULT_BUDGET,
+    devices: int | Sequence | None = None,
 ) -> PathTable:
     """The exact ``k`` most probable complete paths, by best-first search with batched expansion.
 
@@ -82,7 +93,14 @@ def top_k(
     Transformer) do not fit; during the search, every batch is checked before it
     runs against the pool it needs (old and new pool while it grows) and the host
     bytes of the heap, the results and the expanded nodes it will then hold.
+
+    ``devices``: the devices the model steps run on (None: every device; see ``pathprob.devices``).
     """
+    with on_devices(devices) as where:
+        return _top_k(lm, prompt, k, max_new, chunk=chunk, budget=budget, where=where)
+
+
+def _top_k(lm, prompt, k, max_new, *, chunk: int, budget: Budget, where) -> PathTable:
     if not is_count(k):
         raise BadPromptError(f"k must be a positive integer, got {k!r}")
     prompt_P = check_request(lm, prompt, max_new, 0.0, None)
@@ -95,11 +113,19 @@ def top_k(
                    (1 + least) * per_path + _top_k_bytes(k, found + least, max_new), _TOP_K_INSTEAD)
     t0 = time.perf_counter()
     chunk = frontier.bucket(chunk, 8)
-    root_state, logprobs_1V = frontier.start(lm, [prompt_P], max_new)
-    pool = frontier.grow(root_state, chunk)  # slot 0 holds the root
+    D = device_count(where)
+    rows = D * chunk  # prefixes expanded per batch: ``chunk`` per device
     root = _Node(None, -1)
-    root.slot = 0
-    used = 1
+    if where is None:
+        root_state, logprobs_1V = frontier.start(lm, [prompt_P], max_new)
+        pool = frontier.grow(root_state, chunk)  # slot 0 holds the root
+        root.slot = 0
+    else:  # a sharded pool; slots name (local row, device), see ``frontier``
+        lm = where.place_model(lm)
+        root_state, logprobs_1V = frontier.start_on(where, lm, [prompt_P], max_new)
+        pool, root_slots = frontier.root_pool_on(where, root_state)
+        pool, logprobs_1V, root.slot = frontier.grow_on(where, pool, chunk), where.host(logprobs_1V), int(root_slots[0])
+    used = 1  # rows of each device's pool in use
     heap: list = []  # entries (-logp, kind, node); kind 0 = live prefix, 1 = complete path
 
     def push_children(parent: _Node, logp: float, next_logprobs_V: np.ndarray) -> None:
@@ -113,7 +139,7 @@ def top_k(
     nodes = 1
     while heap and len(results) < k:
         batch = []
-        while heap and len(batch) < chunk:
+        while heap and len(batch) < rows:
             if heap[0][1]:
                 if batch:
                     break  # pending prefixes may extend to paths at least this probable
@@ -124,26 +150,41 @@ def top_k(
             batch.append(heapq.heappop(heap))
         if not batch:
             continue
-        capacity = pool.batch_size  # a chunk is written whole at ``used``: room for all of it, so it never clips
+        # a chunk is written whole at ``used`` (on every device): room for all of it, so it never clips
+        capacity = pool.batch_size if where is None else frontier.local_capacity(where, pool)
         grown = capacity if used + chunk <= capacity else frontier.bucket(used + chunk)
-        device = (grown + (capacity if grown > capacity else 0) + 2 * chunk) * per_path
-        host = _top_k_bytes(k, len(heap) + len(results) + nodes + len(batch) * (V + 1), max_new) + chunk * V * 8
+        device = D * (grown + (capacity if grown > capacity else 0) + 2 * chunk) * per_path
+        host = _top_k_bytes(k, len(heap) + len(results) + nodes + len(batch) * (V + 1), max_new) + rows * V * 8
         budget.require(f"the exact top-{k} search reached {nodes:,} expanded prefixes; going on needs",
                        nodes + len(batch), device + host, _TOP_K_INSTEAD)
-        if grown > capacity:
-            pool = frontier.grow(pool, grown)
-        parent_c = np.zeros(chunk, np.int32)
-        token_c = np.zeros(chunk, np.int32)
-        for i, (_, _, node) in enumerate(batch):
-            parent_c[i], token_c[i] = node.parent.slot, node.token
-            node.slot = used + i
-        parents = pool.replace(paths=frontier.gather(pool.paths, jnp.asarray(parent_c)))
-        child, logprobs_cV = frontier.advance(lm, parents, jnp.asarray(token_c))
-        pool = pool.replace(paths=frontier.write(pool.paths, child.paths, jnp.int32(used)))
-        logprobs_cV = np.asarray(logprobs_cV, np.float64)
+        if where is None:
+            if grown > capacity:
+                pool = frontier.grow(pool, grown)
+            parent_c = np.zeros(chunk, np.int32)
+            token_c = np.zeros(chunk, np.int32)
+            for i, (_, _, node) in enumerate(batch):
+                parent_c[i], token_c[i] = node.parent.slot, node.token
+                node.slot = used + i
+            parents = pool.replace(paths=frontier.gather(pool.paths, jnp.asarray(parent_c)))
+            child, logprobs_cV = frontier.advance(lm, parents, jnp.asarray(token_c))
+            pool = pool.replace(paths=frontier.write(pool.paths, child.paths, jnp.int32(used)))
+            logprobs_cV = np.asarray(logprobs_cV, np.float64)
+        else:  # prefix i of the batch is row i % chunk of device i // chunk's chunk (padded as on one device)
+            if grown > capacity:
+                pool = frontier.grow_on(where, pool, grown)
+            wanted = np.full((D, chunk), root.slot, np.int64)
+            token_c = np.zeros((D, chunk), np.int32)
+            for i, (_, _, node) in enumerate(batch):
+                on, j = divmod(i, chunk)
+                wanted[on, j], token_c[on, j] = node.parent.slot, node.token
+                node.slot = (used + j) * D + on
+            child, logprobs_cV = frontier.advance_on(where, lm, pool.shared,
+                                                     frontier.gather_on(where, pool.paths, wanted), token_c)
+            pool = pool.replace(paths=frontier.write_on(where, pool.paths, child, used))
+            logprobs_cV = where.host(logprobs_cV).astype(np.float64)
         for i, (neg_logp, _, node) in enumerate(batch):
             push_children(node, -neg_logp, logprobs_cV[i])
-        used += len(batch)  # the chunk's unused rows are overwritten by the next chunk
+        used += min(chunk, len(batch))  # each chunk's unused rows are overwritten by the next batch
         nodes += len(batch)
 
     best_unexpanded = max((-e[0] for e in heap if not e[1]), default=-math.inf)

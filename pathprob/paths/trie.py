@@ -16,6 +16,11 @@ level will hold them. Policies keep any per-prefix data of their own aligned wit
 order. The engines are the policies: ``enumerate.Listing`` (enumeration, exact mass and
 entropy, the hybrid head), ``score.Scoring`` (scoring fixed paths, each distinct prefix
 once), ``sample.Counting`` (n samples drawn as counts down the trie).
+
+On several devices (``devices.current()``) the walk is the same on the host; only its model steps
+change: the level's chunks go D at a time, one per device (``frontier.expand_children_on``), and
+the pool is sharded, its rows named by ``Level.slots``. The log-probabilities, hence every listed
+path, remainder and policy decision, are bit for bit those of one device.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pathprob import devices
 from pathprob.models.base import LanguageModel, State
 from pathprob.paths import frontier
 from pathprob.paths.budget import DEFAULT_BUDGET, Budget, monte_carlo
@@ -40,7 +46,9 @@ class Level:
     ``root`` int64[N] is each prefix's prompt, ``tokens`` int32[N, depth] its tokens,
     ``logp`` float64[N] log p(prefix | prompt), ``next_logp`` float64[N, V] the
     next-token log-probabilities; ``pool`` holds the N states (leading axis >= N), or is None
-    on a level that is never expanded.
+    on a level that is never expanded. On a mesh the pool is sharded and ``slots`` int64[N] names
+    row i's place in it (``frontier``'s sharded pools); on one device ``slots`` is None (row i is
+    pool row i).
     """
 
     depth: int
@@ -49,6 +57,7 @@ class Level:
     logp: np.ndarray
     next_logp: np.ndarray
     pool: State | None
+    slots: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.root.shape[0])
@@ -88,18 +97,28 @@ class Walker:
     """A trie walk driven from outside: ``level`` is the current level, ``expand(parent, token)`` moves down.
 
     ``walk`` drives one with a policy; two walkers driven with the same expansions walk the
-    same trie under two models (or two prompts) in lockstep, level by level.
+    same trie under two models (or two prompts) in lockstep, level by level. Its model steps run on
+    ``devices.current()``, kept as ``where`` (None: one device; else ``lm`` is placed on its mesh).
     """
 
     def __init__(self, lm: LanguageModel, prompts: Sequence[np.ndarray], max_new: int, *,
                  chunk: int = DEFAULT_CHUNK, budget: Budget = DEFAULT_BUDGET, prompt_width: int | None = None):
-        self.lm, self.max_new, self.budget = lm, max_new, budget
+        self.where = devices.current()
+        self.max_new, self.budget = max_new, budget
         self.chunk = frontier.bucket(chunk)
         n_roots = len(prompts)
-        pool, logprobs_RV = frontier.start(lm, prompts, max_new, width=prompt_width)
+        slots = None
+        if self.where is None:
+            self.lm = lm
+            pool, logprobs_RV = frontier.start(lm, prompts, max_new, width=prompt_width)
+        else:
+            self.lm = self.where.place_model(lm)
+            roots, logprobs_RV = frontier.start_on(self.where, self.lm, prompts, max_new, width=prompt_width)
+            pool, slots = frontier.root_pool_on(self.where, roots)
+            logprobs_RV = self.where.host(logprobs_RV)
         self.level = Level(depth=0, root=np.arange(n_roots), tokens=np.zeros((n_roots, 0), np.int32),
                            logp=np.zeros(n_roots), next_logp=np.asarray(logprobs_RV, np.float64)[:n_roots],
-                           pool=pool)
+                           pool=pool, slots=slots)
         self.per_path = frontier.path_state_bytes(lm, max_new)
         self.nodes = n_roots
 
@@ -114,9 +133,15 @@ class Walker:
         self.budget.require(f"the trie walk reached {parent.size:,} prefixes at depth {depth + 1}; going on needs",
                             self.nodes + parent.size, nbytes,
                             "raise min_prob, pass fewer prompts at once, or " + monte_carlo("entropy"))
-        pool, next_logp = frontier.expand_children(self.lm, level.pool, parent, token, self.chunk, states=states)
+        if self.where is None:
+            pool, next_logp = frontier.expand_children(self.lm, level.pool, parent, token, self.chunk, states=states)
+            slots = None
+        else:
+            pool, slots, next_logp = frontier.expand_children_on(self.where, self.lm, level.pool, level.slots, parent,
+                                                                 token, self.chunk, states=states)
         self.level = Level(depth=depth + 1, root=level.root[parent], tokens=level.child_tokens(parent, token, depth + 1),
-                           logp=level.logp[parent] + level.next_logp[parent, token], next_logp=next_logp, pool=pool)
+                           logp=level.logp[parent] + level.next_logp[parent, token], next_logp=next_logp, pool=pool,
+                           slots=slots)
         self.nodes += parent.size
         return self.level
 
