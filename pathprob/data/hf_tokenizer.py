@@ -28,7 +28,7 @@ from pathlib import Path
 
 import tokenizers
 
-from pathprob.data.tokenizer import vocabulary_digest
+from pathprob.data.tokenizer import token_pieces, vocabulary_digest
 from pathprob.errors import BadPromptError, PathprobError
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -120,15 +120,7 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """The UTF-8 text (errors replaced) of the ids' bytes; negative ids (padding) are skipped."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i < 0:
-                continue
-            if i >= len(self._bytes):
-                raise BadPromptError(f"token id {i} is outside the vocabulary of size {len(self._bytes)}")
-            out.append(self._bytes[i])
-        return b"".join(out).decode("utf-8", "replace")
+        return b"".join(token_pieces(ids, self._bytes)).decode("utf-8", "replace")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HFTokenizer) and self._key == other._key

@@ -60,6 +60,19 @@ class Tokenizer(Protocol):
     def token_bytes(self, i: int) -> bytes: ...
 
 
+def token_pieces(ids: Sequence[int], pieces: Sequence) -> list:
+    """``pieces[i]`` for each token id (negative ids, padding, skipped); a BadPromptError for an id out of range."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i < 0:
+            continue
+        if i >= len(pieces):
+            raise BadPromptError(f"token id {i} is outside the vocabulary of size {len(pieces)}")
+        out.append(pieces[i])
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class CharTokenizer:
     """Maps text to token ids and back, one character per ordinary token.
@@ -139,15 +152,7 @@ class CharTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids; negative ids (padding) are skipped."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i < 0:
-                continue
-            if i >= len(self.tokens):
-                raise BadPromptError(f"token id {i} is outside the vocabulary of size {len(self.tokens)}")
-            out.append(self.tokens[i])
-        return "".join(out)
+        return "".join(token_pieces(ids, self.tokens))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
