@@ -16,9 +16,10 @@ from test_exact import _full_logprobs, all_paths, brute_force, random_lm
 
 import pathprob as pp
 from pathprob.models.base import pad_prompts, start_one
-from pathprob.paths import frontier, sample
+from pathprob.paths import frontier, sample, trie
 from pathprob.paths import score as score_module
 from pathprob.paths.score import score_paths
+from pathprob.paths.frontier import expand_children
 from pathprob.paths.trie import Walker, walk
 
 PROMPTS = [[0, 1, 2], [0], [0, 3, 3, 1, 4], [0, 2]]  # lengths 3, 1, 5, 2: padded to 8 in one start
@@ -159,6 +160,23 @@ def test_handoff_finishes_long_diverse_paths_with_the_same_law(lm):
     assert stats.chisquare(first, p_first / p_first.sum() * first.sum()).pvalue > FALSE_FAILURE
     exact = pp.score(lm, PROMPTS[0], [list(r[:n]) for r, n in zip(drawn.tokens[:200], drawn.lengths[:200])])
     np.testing.assert_allclose(drawn.logp[:200], exact, rtol=0, atol=1e-5)
+
+
+def test_a_level_over_the_budget_is_finished_by_the_ancestral_sampler(lm, monkeypatch):
+    """Where the next level would not fit (large vocabularies: its host table is N x V float64), the draws
+    are handed over instead of refused, and the law is the same: chi-square against exact enumeration."""
+    per_path = frontier.path_state_bytes(lm, 3)
+    small = pp.Budget(max_bytes=trie.level_bytes(4, lm.vocab_size, per_path, 1024))  # fits 4 prefixes, not 5
+    expanded = []
+    monkeypatch.setattr(trie.frontier, "expand_children",
+                        lambda *a, **k: expanded.append(a[2].size) or expand_children(*a, **k))
+    n = 20_000
+    drawn = sample.draw(lm, PROMPTS[0], n, 3, key=7, budget=small)
+    assert expanded == [] and len(drawn) == n  # the root's 5 children would not fit: handed over at once
+    counts = {}
+    for row, length, c in zip(drawn.tokens, drawn.lengths, drawn.count):
+        counts[tuple(row[:length].tolist())] = counts.get(tuple(row[:length].tolist()), 0) + int(c)
+    assert _chi_square_pvalue(counts, _exact_path_probs(lm, PROMPTS[0], 3), n) > FALSE_FAILURE
 
 
 def test_sample_rows_are_the_counted_draws_in_random_order(lm):

@@ -19,7 +19,7 @@ numpy's multinomial for prefixes with many.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,14 +90,16 @@ class Counting:
     model's, or the ``target``'s when ``visit`` also gets the target's level of the same
     prefixes from a second walker in lockstep) and, with a target, KL(q || target) per step. Complete children (EOS or the last token) with
     draws are recorded in ``done``. With ``handoff``, a level whose children would mostly
-    hold one draw each is handed over (``self.handoff``: the (parent, token, count) of its
-    children with draws) instead of expanded, for the ancestral sampler to finish.
+    hold one draw each, or would not fit (``fits(width)`` False: at V = 50k the host table of
+    a few thousand prefixes' next-token log-probabilities is gigabytes), is handed over
+    (``self.handoff``: the (parent, token, count) of its children with draws) instead of
+    expanded, for the ancestral sampler to finish with its fixed memory per chunk.
     """
 
     def __init__(self, n: int, rng: np.random.Generator, vocab: int, eos: int, max_new: int, *,
-                 proposal: Proposal = MODEL, handoff: bool = True):
+                 proposal: Proposal = MODEL, handoff: bool = True, fits: Callable[[int], bool] = lambda width: True):
         self.rng, self.vocab, self.eos, self.max_new = rng, vocab, eos, max_new
-        self.proposal, self.may_handoff = proposal, handoff
+        self.proposal, self.may_handoff, self.fits = proposal, handoff, fits
         self.count = np.array([n], np.int64)
         self.logq = np.zeros(1)
         self.sums = {"entropy": np.zeros(1), "kl": np.zeros(1)}
@@ -120,7 +122,8 @@ class Counting:
                           "logp": scored.logp[p] + scored.next_logp[p, t], "logq": self.logq[p] + logq_NV[p, t],
                           **{name: v[p] for name, v in sums.items()}})
         parent, token, count = parent[~complete], token[~complete], count[~complete]
-        if self.may_handoff and steps_left >= 2 and 2 * parent.size > count.sum():
+        mostly_ones = steps_left >= 2 and 2 * parent.size > count.sum()
+        if self.may_handoff and parent.size and (mostly_ones or not self.fits(parent.size)):
             self.handoff = (parent, token, count)
             return parent[:0], token[:0]
         self.logq = self.logq[parent] + logq_NV[parent, token]
@@ -146,12 +149,13 @@ def draw(lm: LanguageModel, prompt: str | Sequence[int], n: int, max_new: int, *
     chunk_size(n, chunk)  # validates n and chunk
     prompt_P = encode_prompt(lm, prompt, room=max_new)
     walk_key, finish_key = jax.random.split(key)
-    policy = Counting(int(n), numpy_rng(walk_key), lm.vocab_size, lm.eos_id, max_new, proposal=proposal)
     walkers = [Walker(lm, [prompt_P], max_new, chunk=min(chunk, 1024), budget=budget)]
     if target is not None:
         check_compatible(lm, target)
         target_P = encode_prompt(target, prompt if target_prompt is None else target_prompt, room=max_new)
         walkers.append(Walker(target, [target_P], max_new, chunk=min(chunk, 1024), budget=budget))
+    policy = Counting(int(n), numpy_rng(walk_key), lm.vocab_size, lm.eos_id, max_new, proposal=proposal,
+                      fits=lambda width: all(w.fits(width) for w in walkers))
     for depth in range(max_new):
         parent, token = policy.visit(*(w.level for w in walkers))
         if parent.size == 0 or depth + 1 == max_new:

@@ -122,6 +122,11 @@ class Walker:
         self.per_path = frontier.path_state_bytes(lm, max_new)
         self.nodes = n_roots
 
+    def fits(self, width: int) -> bool:
+        """Whether a next level of ``width`` prefixes fits the budget (``expand`` refuses one that does not)."""
+        return self.budget.allows(self.nodes + width, level_bytes(width, self.lm.vocab_size, self.per_path,
+                                                                  self.chunk))
+
     def expand(self, parent: np.ndarray, token: np.ndarray, *, states: bool = True) -> Level:
         """The next level: children ``(parent[i], token[i])`` of the current one, in that order.
 
