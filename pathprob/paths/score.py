@@ -174,13 +174,15 @@ def teacher_forced(lm: LanguageModel, prompts: Sequence[np.ndarray], root: np.nd
 
     For paths that share few prefixes: the trie would take about one step per token anyway,
     and a step costs more than a position of one forward over the whole sequence. Rows are
-    padded to a power of two of tokens (at most the model's context) and go in groups of a
-    power of two, so calls compile a handful of programs. Per-token log-probabilities are
+    padded to one of eight widths per power of two (at most the model's context) and go in
+    groups of a power of two, so calls compile a handful of programs. Per-token log-probabilities are
     float32, summed per path on the host in float64.
     """
     prompt_len = np.asarray([len(p) for p in prompts], np.int64)[root]
     total = prompt_len + lengths
-    width = max(min(frontier.bucket(int(total.max())), lm.max_len), int(total.max()))
+    longest = int(total.max())
+    step = max(1, frontier.bucket(longest) // 8)  # 8 widths per octave: under 1.25x padding, few programs
+    width = max(min(-(-longest // step) * step, lm.max_len), longest)
     rows = np.zeros((tokens.shape[0], width), np.int32)
     for r, prompt in enumerate(prompts):
         rows[root == r, : len(prompt)] = prompt
